@@ -1,0 +1,30 @@
+"""tinyvit: a readable Vision Transformer in einops, Triton kernels for its core, converters for
+official pretrained weights, and the single-trainable-block fine-tuning study.
+
+Importing is cheap and needs no GPU; heavy optional libraries load inside the functions using them.
+"""
+from tinyvit.presets import PRESETS, create_model
+from tinyvit.preprocess import Preprocess
+from tinyvit.resnet import ResNet, ResNetConfig
+from tinyvit.vit import ViTConfig, VisionTransformer
+
+__version__ = "0.1.0"
+
+
+def load_pretrained(source, **kwargs):
+    """Load a checkpoint in any supported format (see tinyvit.convert.load_pretrained)."""
+    from tinyvit.convert import load_pretrained as _load
+
+    return _load(source, **kwargs)
+
+
+__all__ = [
+    "PRESETS",
+    "Preprocess",
+    "ResNet",
+    "ResNetConfig",
+    "ViTConfig",
+    "VisionTransformer",
+    "create_model",
+    "load_pretrained",
+]

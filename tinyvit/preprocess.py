@@ -1,0 +1,80 @@
+"""How a set of weights expects its images: resolution, resize and crop, interpolation, mean/std.
+
+Every preset and every loaded checkpoint carries one of these (torchvision's habit: weights know
+their transforms). They differ in ways that cost accuracy when mixed up: Google's ViT weights
+expect pixels in [-1, 1] (mean = std = 0.5), DeiT and torchvision the ImageNet statistics
+(see ../shared/reference/WEIGHTS.md, sections 1.3, 3.3, 4 and 5).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)  # Google ViT / AugReg: (x - 0.5) / 0.5 maps [0, 1] to [-1, 1]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    image_size: int = 224  # the square the model sees
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    interpolation: str = "bilinear"  # "bilinear" or "bicubic"
+    resize_size: Optional[int] = 256  # short side before the centre crop; None: resize straight to the square
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ValueError(f"interpolation={self.interpolation!r}; expected 'bilinear', 'bicubic' or 'nearest'")
+
+    def with_image_size(self, image_size: int) -> "Preprocess":
+        """The same recipe at another resolution (the crop ratio is kept)."""
+        resize = None
+        if self.resize_size is not None:
+            resize = round(self.resize_size * image_size / self.image_size)
+        return replace(self, image_size=image_size, resize_size=resize)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        known = {k: d[k] for k in ("image_size", "mean", "std", "interpolation", "resize_size") if k in d}
+        return cls(**known)
+
+    def _interp(self):
+        from torchvision.transforms import InterpolationMode
+
+        return InterpolationMode(self.interpolation)
+
+    def eval_transform(self):
+        """PIL image -> normalised tensor [3, image_size, image_size], as the weights were evaluated."""
+        from torchvision import transforms as T
+
+        if self.resize_size is None:
+            resize = [T.Resize((self.image_size, self.image_size), interpolation=self._interp(), antialias=True)]
+        else:
+            resize = [
+                T.Resize(self.resize_size, interpolation=self._interp(), antialias=True),
+                T.CenterCrop(self.image_size),
+            ]
+        return T.Compose(resize + [T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def train_transform(self, augment: bool = True):
+        """Training transform: a random resized crop and a horizontal flip, or eval's when augment=False."""
+        from torchvision import transforms as T
+
+        if not augment:
+            return self.eval_transform()
+        return T.Compose(
+            [
+                T.RandomResizedCrop(self.image_size, scale=(0.5, 1.0), interpolation=self._interp(), antialias=True),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(self.mean, self.std),
+            ]
+        )

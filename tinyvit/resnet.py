@@ -1,0 +1,173 @@
+"""ResNet-18/34/50 (He et al. 2016), the convolutional baseline, with torchvision's module names.
+
+conv1, bn1, layer1..layer4 (each a list of blocks with conv1/bn1/conv2/bn2[/conv3/bn3] and an
+optional downsample = [1x1 conv, BN]), fc: a torchvision state dict loads 1:1. The bottleneck
+puts the stride in its 3x3 convolution ("ResNet v1.5", as torchvision and every torchvision
+weight file), not in the first 1x1 as the paper did.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ResNetConfig:
+    block: str = "basic"  # "basic" (two 3x3, ResNet-18/34) or "bottleneck" (1x1, 3x3, 1x1; ResNet-50)
+    layers: tuple = (2, 2, 2, 2)  # blocks per stage
+    num_classes: int = 1000  # 0: no fc, forward returns the pooled features
+    in_channels: int = 3
+
+    def __post_init__(self):
+        self.layers = tuple(self.layers)
+        if self.block not in ("basic", "bottleneck"):
+            raise ValueError(f"ResNetConfig.block={self.block!r}; expected 'basic' or 'bottleneck'")
+        if len(self.layers) != 4:
+            raise ValueError(f"ResNetConfig.layers must list 4 stages, got {self.layers}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):
+        super().__init__()
+        self.conv1 = conv3x3(cin, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):
+        super().__init__()
+        self.conv1 = conv1x1(cin, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)  # v1.5: the stride sits here
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    def __init__(self, cfg: Optional[ResNetConfig] = None, **kwargs):
+        super().__init__()
+        cfg = cfg if cfg is not None else ResNetConfig(**kwargs)
+        self.cfg = cfg
+        block = BasicBlock if cfg.block == "basic" else Bottleneck
+
+        # Stem: [b, 3, 224, 224] -> [b, 64, 56, 56]
+        self.conv1 = nn.Conv2d(cfg.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+        # Four stages; each but the first halves the resolution: 56 -> 56, 28, 14, 7.
+        cin = 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), cfg.layers)):
+            stride = 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or cin != planes * block.expansion:
+                downsample = nn.Sequential(
+                    conv1x1(cin, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+                )
+            blocks = [block(cin, planes, stride, downsample)]
+            cin = planes * block.expansion
+            blocks += [block(cin, planes) for _ in range(n - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = cin
+        self.fc = nn.Linear(cin, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.preprocess = None  # set by create_model / load_pretrained
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """torchvision's initialisation: Kaiming-normal convs, BN weight 1 and bias 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        c = self.cfg.in_channels
+        if x.ndim != 4 or x.shape[1] != c:
+            raise ValueError(f"expected a batch of images [B, {c}, H, W], got shape {tuple(x.shape)}")
+        if x.shape[2] < 32 or x.shape[3] < 32:
+            raise ValueError(
+                f"expected images of at least 32x32 pixels (the network downsamples by 32), got "
+                f"{x.shape[2]}x{x.shape[3]} (input shape {tuple(x.shape)})"
+            )
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> the last feature map [b, C, H/32, W/32]."""
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)  # [b, C]
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> "ResNet":
+        self.cfg.num_classes = num_classes
+        if num_classes == 0:
+            self.fc = nn.Identity()
+        else:
+            dev = self.conv1.weight.device
+            self.fc = nn.Linear(self.num_features, num_classes, device=dev)
+        return self
+
+    def save_pretrained(self, directory) -> None:
+        """Write model.safetensors + config.json (architecture and preprocessing)."""
+        from tinyvit.convert import save_pretrained
+
+        save_pretrained(self, directory)

@@ -1,0 +1,465 @@
+"""The Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words"), in einops.
+
+Read this file top to bottom beside the paper: every module is defined before it is used, and
+every reshape is an einops pattern that doubles as its shape comment. Axis letters are the same
+everywhere: b batch, c channels, n tokens, d width, h heads, p1 p2 patch, gh gw patch grid.
+
+Module names follow timm's VisionTransformer (patch_embed.proj, cls_token, pos_embed,
+blocks.i.norm1, blocks.i.attn.qkv, blocks.i.attn.proj, blocks.i.norm2, blocks.i.mlp.fc1/fc2,
+norm, head, and DeiT's dist_token/head_dist), so a timm state dict loads with no renaming and
+the other official layouts (Google .npz, Hugging Face, torchvision) map through short tables in
+`tinyvit/convert.py`.
+
+Attention and LayerNorm go through `tinyvit.kernels` (fused Triton kernels on CUDA, the plain
+PyTorch references elsewhere); `ViTConfig.kernels` chooses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from tinyvit.kernels import attention, layer_norm
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 224
+    patch_size: int = 16
+    in_channels: int = 3
+    num_classes: int = 1000  # 0: no head, forward returns the pooled features
+    dim: int = 768  # token width D
+    depth: int = 12  # number of blocks L
+    num_heads: int = 12  # H; head width is dim // num_heads
+    mlp_dim: int = 3072  # hidden width of the MLP (4 * dim in every official preset)
+    qkv_bias: bool = True
+    patch_embed: str = "conv"  # "conv" (strided Conv2d) or "linear" (Linear over flattened patches)
+    pos_embed: str = "learned"  # "learned" or "sincos" (fixed 2-D sin-cos, not a parameter)
+    class_token: bool = True
+    pool: str = "cls"  # "cls" (the class token) or "mean" (mean of the patch tokens)
+    distilled: bool = False  # DeiT: a distillation token and a second head
+    pre_logits: Optional[int] = None  # Google in21k files: Linear(dim, pre_logits) + tanh before the head
+    norm_eps: float = 1e-6  # every official ViT used 1e-6 (flax default); HF configs say 1e-12, ignore it
+    act: str = "gelu"  # "gelu" (exact erf, as timm/torchvision/HF) or "gelu_tanh" (as the original JAX)
+    dropout: float = 0.0  # after the position embedding, in the MLP and after the attention projection
+    attn_dropout: float = 0.0  # on the attention probabilities (forces the PyTorch attention path)
+    drop_path: float = 0.0  # stochastic depth, linearly increasing to this rate in the last block
+    kernels: str = "auto"  # "auto": Triton kernels on CUDA, PyTorch elsewhere; "triton": always; "torch": never
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
+        for field, allowed in [
+            ("patch_embed", ("conv", "linear")),
+            ("pos_embed", ("learned", "sincos")),
+            ("pool", ("cls", "mean")),
+            ("act", ("gelu", "gelu_tanh")),
+            ("kernels", ("auto", "triton", "torch")),
+        ]:
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"ViTConfig.{field}={getattr(self, field)!r}; expected one of {allowed}")
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("pool='cls' needs class_token=True; use pool='mean' without a class token")
+        if self.distilled and not self.class_token:
+            raise ValueError("distilled=True (DeiT) needs class_token=True")
+        if self.pos_embed == "sincos" and self.dim % 4:
+            raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got dim={self.dim}")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + int(self.distilled)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _backend(x: torch.Tensor, kernels: str) -> str:
+    """Which implementation tinyvit.kernels should run for this tensor.
+
+    "auto" means Triton only for CUDA tensors: on CPU the model uses the PyTorch references even
+    when TRITON_INTERPRET=1 is set for the kernel tests, because the interpreter is slow.
+    """
+    if kernels == "triton":
+        return "triton"
+    if kernels == "auto" and x.is_cuda:
+        return "auto"  # tinyvit.kernels picks Triton where it supports the dtype and shape
+    return "torch"
+
+
+# ---------------------------------------------------------------------------------------------
+# Patch embedding: the image as a sequence of flattened patches, linearly projected.
+# ---------------------------------------------------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    """x [b, c, H, W] -> tokens [b, (gh gw), d].
+
+    Two views of the same linear map. "linear" flattens each patch in (p1 p2 c) order and applies
+    nn.Linear, exactly as the paper writes it; "conv" is a Conv2d with kernel = stride = patch, the
+    form every official checkpoint stores (weight [d, c, p1, p2]). The (p1 p2 c) order is the one
+    for which conv weights map by a plain rearrange: `d c p1 p2 -> d (p1 p2 c)`.
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.kind = cfg.patch_embed
+        self.patch_size = cfg.patch_size
+        p, c, d = cfg.patch_size, cfg.in_channels, cfg.dim
+        if self.kind == "conv":
+            self.proj = nn.Conv2d(c, d, kernel_size=p, stride=p)
+        else:
+            self.proj = nn.Linear(p * p * c, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        if self.kind == "conv":
+            x = self.proj(x)  # [b, d, gh, gw]
+            return rearrange(x, "b d gh gw -> b (gh gw) d")
+        x = rearrange(x, "b c (gh p1) (gw p2) -> b (gh gw) (p1 p2 c)", p1=p, p2=p)
+        return self.proj(x)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Official files store the conv kernel; the linear view accepts it by the rearrange above.
+        key = prefix + "proj.weight"
+        w = state_dict.get(key)
+        if self.kind == "linear" and w is not None and w.ndim == 4:
+            state_dict[key] = rearrange(w, "d c p1 p2 -> d (p1 p2 c)")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Position embeddings: learned (the paper) or fixed 2-D sin-cos (big_vision, MAE).
+# ---------------------------------------------------------------------------------------------
+
+
+def sincos_2d(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding, [(gh gw), d], as big_vision's `posemb_sincos_2d`.
+
+    A quarter of the channels each encodes sin(x w), cos(x w), sin(y w), cos(y w) with frequencies
+    w_i = temperature^(-i / (d/4 - 1)), so the dot product of two positions depends on their offset.
+    """
+    y, x = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / max(quarter - 1, 1))
+    y = rearrange(y, "gh gw -> (gh gw) 1") * omega  # [(gh gw), d/4]
+    x = rearrange(x, "gh gw -> (gh gw) 1") * omega
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).float()
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: int,
+    num_prefix_tokens: int,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Resample a learned position embedding [1, prefix + gh*gw, d] to another square patch grid.
+
+    The prefix tokens (class, distillation) have no place on the grid and are kept as they are;
+    the grid part is interpolated as a d-channel image (bicubic, as timm does for .pth weights).
+    At the same grid size this returns the input unchanged.
+    """
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old_grid = math.isqrt(grid.shape[1])
+    if old_grid * old_grid != grid.shape[1]:
+        raise ValueError(
+            f"position embedding has {grid.shape[1]} grid tokens after {num_prefix_tokens} prefix "
+            f"tokens, which is not a square grid (shape {tuple(pos_embed.shape)})"
+        )
+    if old_grid == new_grid:
+        return pos_embed
+    dtype = grid.dtype
+    grid = rearrange(grid, "1 (gh gw) d -> 1 d gh gw", gh=old_grid).float()
+    grid = F.interpolate(
+        grid, size=(new_grid, new_grid), mode=interpolation, align_corners=False,
+        antialias=antialias and interpolation in ("bilinear", "bicubic"),
+    )
+    grid = rearrange(grid, "1 d gh gw -> 1 (gh gw) d").to(dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The transformer block: pre-norm multi-head self-attention and MLP, each with a residual.
+# ---------------------------------------------------------------------------------------------
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters, same state-dict names) computed by tinyvit.kernels."""
+
+    kernels: str = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps, backend=_backend(x, self.kernels))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (timm's layout: rows [q; k; v])."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.scale = (cfg.dim // cfg.num_heads) ** -0.5
+        self.kernels = cfg.kernels
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.qkv_bias)
+        self.attn_drop = nn.Dropout(cfg.attn_dropout)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.proj_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        qkv = self.qkv(x)  # [b, n, 3 d]
+        # Views into qkv, no copy: the fused kernel reads them through their strides.
+        q, k, v = rearrange(qkv, "b n (three h dh) -> three b h n dh", three=3, h=self.num_heads)
+        if return_attention or (self.training and self.attn_drop.p > 0):
+            # The explicit path: a fused kernel never materialises the n x n probabilities, so
+            # attention maps (and dropout on them) need the plain computation.
+            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # [b, h, n, n]
+            out = self.attn_drop(attn) @ v
+        else:
+            attn = None
+            out = attention(q, k, v, scale=self.scale, backend=_backend(x, self.kernels))
+        out = self.proj_drop(self.proj(rearrange(out, "b h n dh -> b n (h dh)")))
+        return (out, attn) if return_attention else out
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
+        self.act = nn.GELU(approximate="tanh" if cfg.act == "gelu_tanh" else "none")
+        self.drop1 = nn.Dropout(cfg.dropout)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
+        self.drop2 = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        if return_attention:
+            a, attn = self.attn(self.norm1(x), return_attention=True)
+            x = x + self.drop_path(a)
+            return x + self.drop_path(self.mlp(self.norm2(x))), attn
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole model.
+# ---------------------------------------------------------------------------------------------
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: Optional[ViTConfig] = None, **kwargs):
+        super().__init__()
+        cfg = cfg if cfg is not None else ViTConfig(**kwargs)
+        self.cfg = cfg
+        self.num_prefix_tokens = cfg.num_prefix_tokens
+        d = cfg.dim
+
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.distilled else None
+        num_tokens = self.num_prefix_tokens + cfg.grid_size**2
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, d))
+        else:  # fixed: a buffer, not in the state dict; prefix tokens get a zero position (as MAE)
+            table = F.pad(sincos_2d(cfg.grid_size, d), (0, 0, self.num_prefix_tokens, 0))
+            self.register_buffer("pos_embed", table[None], persistent=False)
+        self.pos_drop = nn.Dropout(cfg.dropout)
+
+        # Stochastic depth rising linearly from 0 in the first block to drop_path in the last (DeiT).
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.Sequential(*[Block(cfg, drop_path=r) for r in rates])
+        self.norm = LayerNorm(d, eps=cfg.norm_eps)
+
+        width = cfg.pre_logits or d
+        self.pre_logits = nn.Linear(d, cfg.pre_logits) if cfg.pre_logits else None
+        self.head = nn.Linear(width, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head_dist = None
+        if cfg.distilled:
+            self.head_dist = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.preprocess = None  # set by create_model / load_pretrained: how the weights expect images
+        self.reset_parameters()
+        self.set_kernels(cfg.kernels)
+
+    def reset_parameters(self):
+        """timm's initialisation: truncated normal(0.02) tokens and Linear weights, zero biases."""
+        for name in ("cls_token", "dist_token"):
+            if getattr(self, name) is not None:
+                nn.init.trunc_normal_(getattr(self, name), std=0.02)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # -- input checks ---------------------------------------------------------------------------
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Fail early, naming the shapes, instead of deep inside a reshape."""
+        c, s = self.cfg.in_channels, self.cfg.image_size
+        if x.ndim != 4:
+            raise ValueError(
+                f"expected a batch of images [B, {c}, {s}, {s}], got a tensor of shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != c:
+            raise ValueError(
+                f"expected {c} channels, got {x.shape[1]} (input shape {tuple(x.shape)}); "
+                f"images must be [B, {c}, {s}, {s}]"
+            )
+        if x.shape[2] != s or x.shape[3] != s:
+            raise ValueError(
+                f"expected images of {s}x{s} pixels (this model's image_size), got "
+                f"{x.shape[2]}x{x.shape[3]} (input shape {tuple(x.shape)}); resize the images, or "
+                f"call model.set_image_size({x.shape[2]}) to resample the position embedding"
+            )
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [b, c, H, W] -> tokens [b, prefix + gh*gw, d] with positions added."""
+        self.check_input(x)
+        x = self.patch_embed(x)  # [b, gh*gw, d]
+        b = x.shape[0]
+        prefix = [repeat(t, "1 1 d -> b 1 d", b=b) for t in (self.cls_token, self.dist_token) if t is not None]
+        x = torch.cat(prefix + [x], dim=1)  # [b, prefix + gh*gw, d]: [cls, dist, patches]
+        return self.pos_drop(x + self.pos_embed.to(x.dtype))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> normalised tokens [b, n, d]."""
+        return self.norm(self.blocks(self.embed(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        """Normalised tokens [b, n, d] -> logits [b, classes] (pre_logits=True: the pooled features).
+
+        DeiT distilled: in training, both heads' logits (class token, distillation token); in
+        eval, their mean, as the DeiT paper evaluates.
+        """
+        if self.cfg.pool == "mean":
+            feats = x[:, self.num_prefix_tokens:].mean(dim=1)
+        else:
+            feats = x[:, 0]
+        if self.pre_logits is not None:
+            feats = torch.tanh(self.pre_logits(feats))
+        if pre_logits:
+            return feats
+        logits = self.head(feats)
+        if self.head_dist is None:
+            return logits
+        logits_dist = self.head_dist(x[:, 1])
+        if self.training:
+            return logits, logits_dist
+        return (logits + logits_dist) / 2
+
+    def forward(self, x: torch.Tensor):
+        return self.forward_head(self.forward_features(x))
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Attention probabilities of every block, a list of [b, h, n, n] (computed explicitly)."""
+        x = self.embed(x)
+        maps = []
+        for blk in self.blocks:
+            x, attn = blk(x, return_attention=True)
+            maps.append(attn)
+        return maps
+
+    # -- switches -----------------------------------------------------------------------------
+
+    def set_kernels(self, mode: str) -> "VisionTransformer":
+        """"auto" (Triton on CUDA), "triton" (always) or "torch" (the PyTorch references)."""
+        if mode not in ("auto", "triton", "torch"):
+            raise ValueError(f"kernels={mode!r}; expected 'auto', 'triton' or 'torch'")
+        self.cfg.kernels = mode
+        for m in self.modules():
+            if isinstance(m, (LayerNorm, Attention)):
+                m.kernels = mode
+        return self
+
+    def set_image_size(self, image_size: int) -> "VisionTransformer":
+        """Serve another image size: resample the position embedding over the new patch grid."""
+        cfg = self.cfg
+        if image_size % cfg.patch_size:
+            raise ValueError(f"image_size={image_size} is not a multiple of patch_size={cfg.patch_size}")
+        new_grid = image_size // cfg.patch_size
+        if isinstance(self.pos_embed, nn.Parameter):
+            with torch.no_grad():
+                resampled = resample_pos_embed(self.pos_embed.data, new_grid, self.num_prefix_tokens)
+            self.pos_embed = nn.Parameter(resampled, requires_grad=self.pos_embed.requires_grad)
+        else:
+            table = F.pad(sincos_2d(new_grid, cfg.dim), (0, 0, self.num_prefix_tokens, 0))
+            self.pos_embed = table[None].to(self.pos_embed)
+        cfg.image_size = image_size
+        if self.preprocess is not None:
+            self.preprocess = self.preprocess.with_image_size(image_size)
+        return self
+
+    def reset_classifier(self, num_classes: int) -> "VisionTransformer":
+        """New, freshly initialised head(s) for `num_classes` classes (0: none)."""
+        cfg = self.cfg
+        cfg.num_classes = num_classes
+        dev = self.cls_token.device if self.cls_token is not None else self.pos_embed.device
+        width = cfg.pre_logits or cfg.dim
+
+        def new_head(w):
+            if num_classes == 0:
+                return nn.Identity()
+            head = nn.Linear(w, num_classes, device=dev)
+            nn.init.trunc_normal_(head.weight, std=0.02)
+            nn.init.zeros_(head.bias)
+            return head
+
+        self.head = new_head(width)
+        if self.head_dist is not None:
+            self.head_dist = new_head(cfg.dim)
+        return self
+
+    def save_pretrained(self, directory) -> None:
+        """Write model.safetensors + config.json (architecture and preprocessing)."""
+        from tinyvit.convert import save_pretrained
+
+        save_pretrained(self, directory)
