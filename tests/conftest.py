@@ -6,6 +6,8 @@ present (on a GPU the same tests run the compiled kernels).
 """
 import os
 
+import pytest
+
 try:  # a cheap check that never initialises CUDA
     import torch
 
@@ -20,3 +22,13 @@ if not _has_cuda:
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; deselected in CI (-m 'not gpu')")
     config.addinivalue_line("markers", "slow: slower end-to-end tests")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests use tiny models: on a 2-core machine shared with other work, tiny ops run many times
+    faster on one thread than on two (and timings that would matter live in bench/, not here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -239,7 +239,7 @@ def test_bad_config_is_named(kw, match):
 
 @pytest.mark.parametrize("distilled", [False, True])
 def test_same_logits_as_timm_with_the_same_weights(distilled):
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 

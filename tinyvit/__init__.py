@@ -18,7 +18,17 @@ def load_pretrained(source, **kwargs):
     return _load(source, **kwargs)
 
 
+def __getattr__(name):
+    # CheckpointError lives with the converters, imported only when asked for (cheap `import tinyvit`).
+    if name == "CheckpointError":
+        from tinyvit.convert import CheckpointError
+
+        return CheckpointError
+    raise AttributeError(f"module 'tinyvit' has no attribute {name!r}")
+
+
 __all__ = [
+    "CheckpointError",
     "PRESETS",
     "Preprocess",
     "ResNet",

@@ -44,7 +44,9 @@ class ViTConfig:
     pool: str = "cls"  # "cls" (the class token) or "mean" (mean of the patch tokens)
     distilled: bool = False  # DeiT: a distillation token and a second head
     pre_logits: Optional[int] = None  # Google in21k files: Linear(dim, pre_logits) + tanh before the head
-    norm_eps: float = 1e-6  # every official ViT used 1e-6 (flax default); HF configs say 1e-12, ignore it
+    # Every official ViT trained with 1e-6 (the flax default). HF config.json files say 1e-12; the
+    # converter honours it for HF files so logits equal transformers' (norm_eps=1e-6 matches timm).
+    norm_eps: float = 1e-6
     act: str = "gelu"  # "gelu" (exact erf, as timm/torchvision/HF) or "gelu_tanh" (as the original JAX)
     dropout: float = 0.0  # after the position embedding, in the MLP and after the attention projection
     attn_dropout: float = 0.0  # on the attention probabilities (forces the PyTorch attention path)

@@ -1,0 +1,329 @@
+"""Datasets for the fine-tuning study, and the transforms that feed them to a checkpoint.
+
+Every dataset here yields (PIL image, label), so one set of transforms serves all of them:
+
+    cifar10, cifar100   torchvision's CIFAR classes, downloaded into --data-dir when missing
+    imagefolder         DIR/train/<class>/*.jpg and DIR/val/<class>/... (or DIR/test/...)
+    synthetic           generated 32x32 images with learnable structure, for offline runs
+
+The transforms come from the checkpoint (`model.preprocess`: mean/std, resolution, interpolation),
+because mixing them up is the most common cause of poor transfer (USERS.md 1.1, 1.2):
+- 32-pixel sources (CIFAR, synthetic) are *upsampled* straight to the model's square, as the
+  ViT and DeiT papers do for CIFAR; zero-padding or a 32-pixel input costs 10-40 points.
+  Their augmentation is the CIFAR classic, a 4-pixel reflect-padded random crop and a flip,
+  applied at 32 pixels before the upsampling.
+- photos (imagefolder) get the checkpoint's own eval recipe (short-side resize + centre crop)
+  and, for training, a random resized crop and a flip at the model's resolution.
+
+Augmentation is reproducible whatever the number of workers or processes: a sampler may hand the
+dataset an (index, epoch) pair, and the random transform of that sample then runs under a seed
+drawn from (seed, epoch, index) alone.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from tinyvit.preprocess import Preprocess
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
+LOW_RES = ("cifar10", "cifar100", "synthetic")  # 32-pixel sources: upsampled to the model's square
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as asked: missing folders, empty classes, unreadable images."""
+
+
+class CorruptImageError(DatasetError):
+    """An image file that PIL cannot decode; the message names the file."""
+
+
+def load_image(path) -> Image.Image:
+    """Decode an image file to RGB now (not lazily), so a broken file fails here, by name."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), SyntaxError, ...
+        raise CorruptImageError(f"{path}: cannot read this image ({type(e).__name__}: {e})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageFolder: one folder per class, the same class list for both splits.
+# ---------------------------------------------------------------------------------------------
+
+
+class ImageFolder(Dataset):
+    """Images under root/<class>/ with labels from a given class list.
+
+    Unlike torchvision's ImageFolder, the validation split takes its class indices from the
+    training split: a class folder missing from val/ must not shift every later label.
+    """
+
+    def __init__(self, root: Path, classes: list[str]):
+        self.root = Path(root)
+        self.classes = classes
+        index = {c: i for i, c in enumerate(classes)}
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        unknown = [p.name for p in folders if p.name not in index]
+        if unknown:
+            raise DatasetError(
+                f"{self.root}: class folders {unknown} do not exist in the training split "
+                f"(classes: {', '.join(classes)})"
+            )
+        self.samples: list[tuple[Path, int]] = []
+        empty = []
+        for folder in folders:
+            files = sorted(
+                p for p in folder.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+            )
+            if not files:
+                empty.append(str(folder))
+            self.samples += [(p, index[folder.name]) for p in files]
+        if empty:
+            raise DatasetError(
+                f"empty class folders (no {'/'.join(IMAGE_EXTENSIONS)} files): {', '.join(empty)}"
+            )
+
+    @staticmethod
+    def find_classes(root: Path) -> list[str]:
+        classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise DatasetError(f"{root}: no class folders; expected {root}/<class name>/<images>")
+        return classes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return load_image(path), label
+
+
+def image_folder(root: Path) -> tuple[ImageFolder, ImageFolder, list[str]]:
+    """DIR/train plus DIR/val (or DIR/test), with the training split's class list."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"--data-dir {root}: no such directory (expected {root}/train/<class>/<images>)")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DatasetError(f"{root}: no train/ folder (expected {root}/train/<class>/<images> and val/ or test/)")
+    val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if val_dir is None:
+        raise DatasetError(f"{root}: no val/ or test/ folder beside train/ to validate on")
+    classes = ImageFolder.find_classes(train_dir)
+    return ImageFolder(train_dir, classes), ImageFolder(val_dir, classes), classes
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR through torchvision.
+# ---------------------------------------------------------------------------------------------
+
+
+def cifar(name: str, root: Path):
+    """torchvision's CIFAR-10/100 in `root`, downloaded (md5-checked by torchvision) when missing."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    root = Path(root)
+    try:
+        train = cls(str(root), train=True, download=True)
+        val = cls(str(root), train=False, download=True)
+    except Exception as e:  # no network (URLError), a corrupt archive (RuntimeError), bad pickles ...
+        raise DatasetError(
+            f"{name} is not usable in {root} ({type(e).__name__}: {e}). Offline, put torchvision's "
+            f"{cls.filename} (or its extracted {cls.base_folder}/ folder) into {root}"
+        ) from e
+    return train, val, list(train.classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic: stripes of five colours in two orientations, noisy, generated from the index.
+# ---------------------------------------------------------------------------------------------
+
+SYNTHETIC_CLASSES = [
+    f"{colour} {orientation}"
+    for colour in ("red", "yellow", "green", "blue", "magenta")
+    for orientation in ("horizontal", "vertical")
+]
+_HUES = np.array([
+    [0.9, 0.2, 0.2], [0.9, 0.8, 0.2], [0.2, 0.8, 0.3], [0.2, 0.3, 0.9], [0.8, 0.2, 0.8],
+])
+
+
+class Synthetic(Dataset):
+    """A 10-class 32x32 dataset a network must actually learn, generated offline and on the fly.
+
+    Class c is colour c // 2 and stripe orientation c % 2 (horizontal, vertical): a model needs
+    both the colour and the spatial pattern. Each image draws its own stripe frequency, phase,
+    contrast, a colour jitter and pixel noise from a generator seeded by (seed, split, index), so
+    the dataset is the same on every machine and in every worker. Orientations survive the
+    horizontal flip of the training augmentation (a flip maps horizontal stripes to themselves).
+    """
+
+    size = 32
+    classes = SYNTHETIC_CLASSES
+
+    def __init__(self, length: int, seed: int = 0, split: int = 0):
+        self.length, self.seed, self.split = length, seed, split
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, self.split, i])
+        label = i % len(self.classes)  # balanced classes, interleaved
+        colour, vertical = divmod(label, 2)
+        coord = np.arange(self.size, dtype=np.float32)
+        period = rng.uniform(4.0, 9.0)
+        wave = np.sin(2 * math.pi * coord / period + rng.uniform(0, 2 * math.pi))  # [size]
+        wave = wave[None, :] if vertical else wave[:, None]  # varies along x: vertical stripes
+        wave = np.broadcast_to(wave, (self.size, self.size))
+        tint = np.clip(_HUES[colour] + rng.normal(0, 0.1, 3), 0, 1)  # [3]
+        contrast = rng.uniform(0.25, 0.5)
+        img = 0.5 + contrast * wave[..., None] * tint + 0.25 * (tint - 0.5)  # [H, W, 3]
+        img = img + rng.normal(0, 0.12, img.shape)
+        return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)), label
+
+
+# ---------------------------------------------------------------------------------------------
+# One entry point, and subsets.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Splits:
+    train: Dataset  # yields (PIL image, label)
+    val: Dataset
+    classes: list[str]
+    low_res: bool  # a 32-pixel source, upsampled straight to the model's square
+
+
+class Subset(Dataset):
+    def __init__(self, base: Dataset, indices: list[int]):
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]
+
+
+def limit(dataset: Dataset, n: Optional[int], seed: int) -> Dataset:
+    """A fixed random subset of n items (all classes represented, unlike the first n of a sorted folder)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    if n <= 0:
+        raise DatasetError(f"a limit of {n} images leaves nothing to train or validate on")
+    g = torch.Generator().manual_seed(seed)
+    return Subset(dataset, sorted(torch.randperm(len(dataset), generator=g)[:n].tolist()))
+
+
+def load_splits(
+    name: str,
+    data_dir: Optional[Path] = None,
+    *,
+    seed: int = 0,
+    limit_train: Optional[int] = None,
+    limit_val: Optional[int] = None,
+    synthetic_sizes: tuple[int, int] = (5000, 1000),
+) -> Splits:
+    """The train and validation splits of dataset `name` (one of DATASETS)."""
+    if name == "synthetic":
+        # The validation images come from their own stream (split=1), never from the training one.
+        train, val, classes = Synthetic(synthetic_sizes[0], seed, 0), Synthetic(synthetic_sizes[1], seed, 1), SYNTHETIC_CLASSES
+    elif name in ("cifar10", "cifar100"):
+        if data_dir is None:
+            raise DatasetError(f"--dataset {name} needs --data-dir (where the dataset is, or is downloaded to)")
+        train, val, classes = cifar(name, data_dir)
+    elif name == "imagefolder":
+        if data_dir is None:
+            raise DatasetError("--dataset imagefolder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/")
+        train, val, classes = image_folder(data_dir)
+    else:
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    # The subset draws depend on the split, so limit_train == limit_val does not pick the same positions.
+    return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), list(classes), name in LOW_RES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms.
+# ---------------------------------------------------------------------------------------------
+
+
+def eval_preprocess(preprocess: Preprocess, low_res: bool) -> Preprocess:
+    """The recipe a dataset's images get at evaluation: 32-pixel sources skip the crop (resize_size=None),
+    which was tuned for photos (a 256 -> 224 crop would cut 12% of a CIFAR image's border)."""
+    return replace(preprocess, resize_size=None) if low_res else preprocess
+
+
+def transforms(preprocess: Preprocess, low_res: bool, augment: bool) -> tuple[Callable, Callable]:
+    """(train transform, eval transform): PIL image -> normalised tensor [3, S, S]."""
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
+    pre = eval_preprocess(preprocess, low_res)
+    eval_tf = pre.eval_transform()
+    if not augment:
+        return eval_tf, eval_tf
+    if not low_res:
+        return pre.train_transform(augment=True), eval_tf
+    s = pre.image_size
+    train_tf = T.Compose([
+        # The CIFAR augmentation (He et al. 2016, sec. 4.2), at the source's 32 pixels ...
+        T.RandomCrop(32, padding=4, padding_mode="reflect"),
+        T.RandomHorizontalFlip(),
+        # ... then the same upsampling as evaluation.
+        T.Resize((s, s), interpolation=InterpolationMode(pre.interpolation), antialias=True),
+        T.ToTensor(),
+        T.Normalize(pre.mean, pre.std),
+    ])
+    return train_tf, eval_tf
+
+
+class Transformed(Dataset):
+    """(image, label) -> (tensor, label). A key is an index, or an (index, epoch) pair: then the random
+    transform runs under a seed drawn from (seed, epoch, index), so sample i of epoch e gets the same
+    crop and flip in any worker, any process and after a resume."""
+
+    def __init__(self, base: Dataset, transform: Callable, seed: int = 0):
+        self.base, self.transform, self.seed = base, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, None)
+        image, label = self.base[index]
+        if epoch is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):  # torchvision's random transforms draw from torch's CPU RNG
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.transform(image), label
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one sample of one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def error_message(e: BaseException) -> str:
+    """The message of a dataset error, without the traceback DataLoader adds when it re-raises an
+    error from a worker process ("Caught CorruptImageError in DataLoader worker process 0 ...")."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]  # "tinyvit.data.CorruptImageError: <the message>"
+        text = re.sub(r"^[\w.]+: ", "", last)
+    return text

@@ -1,0 +1,248 @@
+"""`python -m tinyvit.evaluate`: loss, accuracy and confusion matrix of a saved model on a dataset's
+validation split.
+
+    python -m tinyvit.evaluate --model-dir runs/vit_base_patch16_224-cifar10-last --dataset cifar10 --data-dir data
+
+--model-dir is anything `tinyvit.load_pretrained` reads; a directory written by tinyvit.finetune
+also holds classes.json, and the dataset's classes must match it. The images get the checkpoint's
+own preprocessing (upsampled straight to its resolution for 32-pixel datasets, as in training).
+
+The loop below (`evaluate`) is also the one tinyvit.finetune validates with, and the device and
+mixed-precision helpers are shared with it and tinyvit.predict.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------
+# Device and mixed precision.
+# ---------------------------------------------------------------------------------------------
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto': this process's GPU if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for --amp: 'auto' is bf16 on GPUs that have it, fp16 on older ones, off on CPU
+    (CPU autocast is slower than fp32 on most CPUs)."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"--amp {amp!r}; expected one of {', '.join(AMP_CHOICES)}")
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation loop.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """Running sums of one pass, on the device (no host sync per batch): summed loss, correct
+    predictions, images, and the confusion matrix [true class, predicted class]."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    count: torch.Tensor
+    confusion: torch.Tensor
+
+    @classmethod
+    def zeros(cls, num_classes: int, device: torch.device) -> "Tally":
+        z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+        return cls(z(), z(), z(), torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device))
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        c = self.confusion.shape[0]
+        pred = logits.argmax(dim=1)
+        self.loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        self.correct += (pred == labels).sum()
+        self.count += labels.numel()
+        self.confusion += torch.bincount(labels * c + pred, minlength=c * c).view(c, c)
+
+    def all_reduce(self) -> "Tally":
+        """Sum over processes (a no-op without torch.distributed)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for t in (self.loss_sum, self.correct, self.count, self.confusion):
+                dist.all_reduce(t)
+        return self
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum.item() / max(self.count.item(), 1)
+
+    @property
+    def acc(self) -> float:
+        return self.correct.item() / max(self.count.item(), 1)
+
+    def per_class_acc(self) -> list[float]:
+        return per_class_accuracy(self.confusion)
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
+    """Recall of each true class (row) of a confusion matrix; 0 for a class with no images."""
+    conf = confusion.cpu().double()
+    return (conf.diag() / conf.sum(1).clamp(min=1)).tolist()
+
+
+@torch.no_grad()
+def evaluate(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    device: torch.device,
+    dtype: Optional[torch.dtype] = None,
+    progress=None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Optional[Tally]:
+    """Run `forward` (inputs -> logits) over `batches` of (inputs, labels); the local Tally, or None
+    when `should_stop()` turned true on the way."""
+    tally = Tally.zeros(num_classes, device)
+    for inputs, labels in batches:
+        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            logits = forward(inputs)
+        tally.add(logits, labels)
+        if progress is not None:
+            progress.update(labels.numel())
+        if should_stop():
+            return None
+    return tally
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line.
+# ---------------------------------------------------------------------------------------------
+
+
+def read_classes(model_dir: Path) -> Optional[list[str]]:
+    """classes.json beside a fine-tuned model (written by tinyvit.finetune), or None."""
+    path = Path(model_dir) / "classes.json"
+    if not path.is_file():
+        return None
+    try:
+        classes = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON list of class names ({e})") from e
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{path}: expected a JSON list of class names")
+    return classes
+
+
+@dataclass
+class EvalConfig:
+    model_dir: str
+    dataset: str = "cifar10"
+    data_dir: Optional[str] = "data"
+    batch_size: int = 256
+    device: str = "auto"
+    amp: str = "auto"
+    num_workers: int = 2
+    limit: Optional[int] = None
+    seed: int = 0  # as given to tinyvit.finetune: it draws the synthetic images and the --limit subset
+    json: Optional[str] = None  # also write the results to this file
+
+
+def parse_args(argv=None) -> EvalConfig:
+    from tinyvit.data import DATASETS
+
+    d = EvalConfig(model_dir="")
+    p = argparse.ArgumentParser(prog="python -m tinyvit.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", required=True, help="a saved model (any format tinyvit.load_pretrained reads)")
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    p.add_argument("--data-dir", default=d.data_dir, help=f"where the dataset is (default: {d.data_dir})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default=d.amp, help="autocast dtype (default: bf16 on GPU, off on CPU)")
+    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--limit", type=int, default=None, help="evaluate on a fixed random subset of N images")
+    p.add_argument("--seed", type=int, default=d.seed, help="the --seed of the fine-tuning run (synthetic data, --limit subset)")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    return EvalConfig(**vars(p.parse_args(argv)))
+
+
+def run(cfg: EvalConfig) -> dict:
+    import tinyvit
+    from tinyvit.data import DatasetError, load_splits, transforms, Transformed
+
+    device = resolve_device(cfg.device)
+    model_dir = Path(cfg.model_dir)
+    if not model_dir.exists():
+        raise FileNotFoundError(f"--model-dir {model_dir}: no such file or directory")
+    model = tinyvit.load_pretrained(model_dir).to(device).eval()
+    if model.preprocess is None:
+        raise ValueError(f"{model_dir}: the checkpoint carries no preprocessing (mean/std, resolution)")
+    splits = load_splits(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, seed=cfg.seed, limit_val=cfg.limit)
+    trained_on = read_classes(model_dir)
+    if trained_on is not None and trained_on != splits.classes:
+        raise DatasetError(
+            f"{model_dir} was trained on classes {trained_on[:10]}{'...' if len(trained_on) > 10 else ''}, "
+            f"but {cfg.dataset} has {splits.classes[:10]}{'...' if len(splits.classes) > 10 else ''}"
+        )
+    if model.cfg.num_classes != len(splits.classes):
+        raise DatasetError(
+            f"{model_dir}: the model has {model.cfg.num_classes} outputs but {cfg.dataset} has {len(splits.classes)} classes"
+        )
+    _, eval_tf = transforms(model.preprocess, splits.low_res, augment=False)
+    loader = torch.utils.data.DataLoader(
+        Transformed(splits.val, eval_tf), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    from tqdm import tqdm
+
+    with tqdm(total=len(splits.val), unit="img", desc="evaluate", disable=None) as bar:
+        tally = evaluate(model, loader, len(splits.classes), device, amp_dtype(cfg.amp, device), bar)
+    result = {
+        "model_dir": str(model_dir), "dataset": cfg.dataset, "images": int(tally.count.item()),
+        "loss": tally.loss, "acc": tally.acc, "classes": splits.classes,
+        "per_class_acc": tally.per_class_acc(), "confusion": tally.confusion.cpu().tolist(),
+    }
+    print(f"{cfg.dataset}: loss {result['loss']:.4f}  accuracy {100 * result['acc']:.2f}%  ({result['images']} images)")
+    if cfg.json:
+        Path(cfg.json).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv=None) -> int:
+    from tinyvit.data import DatasetError
+
+    cfg = parse_args(argv)
+    try:
+        run(cfg)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"tinyvit.evaluate: error: {e}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""`python -m tinyvit.predict IMAGE... --model-dir DIR`: the top-5 classes of each image.
+
+    python -m tinyvit.predict cat.png ship.jpg --model-dir runs/vit_base_patch16_224-cifar10-last
+
+--model-dir is anything `tinyvit.load_pretrained` reads. Class names come from DIR/classes.json,
+which tinyvit.finetune writes; without it the classes are shown by index (ImageNet's 1000 names
+are not bundled and cannot be fetched offline). Each image gets the checkpoint's own eval
+preprocessing (resize, crop, mean/std), so the probabilities are the ones evaluation would see.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class PredictConfig:
+    images: list
+    model_dir: str
+    top_k: int = 5
+    device: str = "auto"
+    json: bool = False
+
+
+def parse_args(argv=None) -> PredictConfig:
+    p = argparse.ArgumentParser(prog="python -m tinyvit.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--model-dir", required=True, help="a saved model (any format tinyvit.load_pretrained reads)")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default: 5)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
+    return PredictConfig(**vars(p.parse_args(argv)))
+
+
+@torch.no_grad()
+def predict(model, images: list, classes: Optional[list], top_k: int, device: torch.device) -> list[dict]:
+    """[{"image": path, "top": [{"index", "class", "prob"}, ...]}, ...] for image files `images`."""
+    from tinyvit.data import load_image
+
+    transform = model.preprocess.eval_transform()
+    k = min(top_k, model.cfg.num_classes)
+    results = []
+    for path in images:
+        x = transform(load_image(path))[None].to(device)  # [1, 3, S, S]; raises CorruptImageError by name
+        probs = model(x).float().softmax(dim=-1)[0]
+        top = probs.topk(k)
+        results.append({
+            "image": str(path),
+            "top": [{"index": int(i), "class": classes[i] if classes else None, "prob": float(p)}
+                    for p, i in zip(top.values.tolist(), top.indices.tolist())],
+        })
+    return results
+
+
+def main(argv=None) -> int:
+    import tinyvit
+    from tinyvit.data import DatasetError
+    from tinyvit.evaluate import read_classes, resolve_device
+
+    cfg = parse_args(argv)
+    try:
+        if cfg.top_k < 1:
+            raise ValueError(f"--top-k {cfg.top_k}: must be at least 1")
+        for path in cfg.images:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{path}: no such image file")
+        model_dir = Path(cfg.model_dir)
+        if not model_dir.exists():
+            raise FileNotFoundError(f"--model-dir {model_dir}: no such file or directory")
+        device = resolve_device(cfg.device)
+        model = tinyvit.load_pretrained(model_dir).to(device).eval()
+        if model.preprocess is None:
+            raise ValueError(f"{model_dir}: the checkpoint carries no preprocessing (mean/std, resolution)")
+        if model.cfg.num_classes == 0:
+            raise ValueError(f"{model_dir}: the model has no classification head")
+        classes = read_classes(model_dir) if model_dir.is_dir() else None
+        if classes is not None and len(classes) != model.cfg.num_classes:
+            raise ValueError(f"{model_dir}/classes.json lists {len(classes)} classes but the model has {model.cfg.num_classes} outputs")
+        results = predict(model, cfg.images, classes, cfg.top_k, device)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"tinyvit.predict: error: {e}") from None
+
+    if classes is None:
+        print(f"note: no classes.json in {cfg.model_dir}; showing class indices"
+              + (" (ImageNet's class names are not bundled with tinyvit)" if model.cfg.num_classes == 1000 else ""),
+              file=sys.stderr)
+    for r in results:
+        if cfg.json:
+            print(json.dumps(r))
+            continue
+        print(r["image"])
+        for t in r["top"]:
+            name = f"{t['class']} ({t['index']})" if t["class"] is not None else f"class {t['index']}"
+            print(f"  {100 * t['prob']:6.2f}%  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
