@@ -108,28 +108,34 @@ def use_triton(backend: str, device: torch.device, unsupported) -> bool:
     return True
 
 
+# torch.library.triton_op (torch >= 2.6) would let torch.compile see the Triton kernels inside the ops,
+# but registering one imports dynamo and inductor: +1.5 s on every `import tinyvit`, GPU or not. A
+# custom_op costs milliseconds and still compiles without graph breaks (an opaque node, which is all a
+# hand-written fused kernel needs). Set this to True to trade import time for inductor visibility.
+USE_TRITON_OP = False
+
+
 def register_op(name: str):
     """Decorator: register a launcher as the PyTorch operator `name`, so torch.compile traces it without a
     graph break (it needs the op's fake, i.e. shape-only, implementation, registered beside each launcher).
 
-    torch.library.triton_op (torch >= 2.6) also lets torch.compile see the Triton kernels inside. Older
-    torch gets torch.library.custom_op, an opaque node in the graph; so does the interpreter, whose
-    kernels run numpy on real data and cannot be traced into a graph. Registration does no device work.
+    torch.library.custom_op by default (see USE_TRITON_OP); the interpreter's kernels, which run numpy on
+    real data and cannot be traced into a graph, always get custom_op. Registration does no device work.
     """
-    if HAS_TRITON and hasattr(torch.library, "triton_op") and not INTERPRETER:
+    if USE_TRITON_OP and HAS_TRITON and hasattr(torch.library, "triton_op") and not INTERPRETER:
         return torch.library.triton_op(name, mutates_args=())
     return torch.library.custom_op(name, mutates_args=())
 
 
 def wrap_triton(kernel):
-    """torch.library.wrap_triton(kernel) where this torch has it and the kernel is compiled; else kernel.
+    """torch.library.wrap_triton(kernel) inside a triton_op (USE_TRITON_OP), else the kernel itself.
 
     Inside a triton_op, wrap_triton records the launch so torch.compile can see it (eagerly it is a
     pass-through). Keep the name and call it as `wrap_triton(kernel)[grid](...)`: torch finds a
-    triton_op's kernels by reading its source for that call, and hashes their source into its compile
-    caches. The interpreter's kernels are never traced (and older torch rejects them): left unwrapped.
+    triton_op's kernels by reading its source for that call. Inside a custom_op, and for the
+    interpreter's kernels (never traced; older torch rejects them), the kernel is launched as it is.
     """
     wrap = getattr(torch.library, "wrap_triton", None)
-    if wrap is None or INTERPRETER:
+    if wrap is None or INTERPRETER or not USE_TRITON_OP:
         return kernel
     return wrap(kernel)
