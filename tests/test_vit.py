@@ -260,9 +260,12 @@ def test_same_logits_as_timm_with_the_same_weights(distilled):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_timm_mean_pool_without_class_token_differs_only_by_norm_placement():
-    """timm's avg-pool ViT normalises after pooling (fc_norm); tinyvit, like Google's GAP variant
-    and big_vision, normalises the tokens then pools. Same parameters, documented difference."""
+def test_mean_pool_without_class_token_has_no_prefix():
+    """Without a class token there are no prefix tokens: positions cover the patch grid only.
+    (timm's avg-pool ViT normalises after pooling, fc_norm; tinyvit, like Google's GAP variant and
+    big_vision, normalises the tokens and then pools.)"""
     model = tiny(pool="mean", class_token=False)
-    assert model.num_prefix_tokens == 0
+    assert model.num_prefix_tokens == 0 and model.cls_token is None
     assert model.pos_embed.shape == (1, 16, 64)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), model.head(model.forward_features(x).mean(1)))
