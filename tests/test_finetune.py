@@ -140,17 +140,15 @@ def test_resume_continues_to_more_epochs_and_rejects_changed_settings(tmp_path, 
 
 def test_a_used_out_dir_is_kept_unless_forced(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    (out / "metrics.jsonl").write_text('{"epoch": 7}\n')
-    with pytest.raises(SystemExit, match="not empty .*--resume.*--force"):
+    assert finetune.main(TINY_VIT + SMALL_RUN + ["--epochs", "1", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit, match="holds a tinyvit run: pass --resume to continue it, or --force to remove its 9 files"):
         finetune.main(TINY_VIT + SMALL_RUN + ["--epochs", "1", "--out", str(out)])
-    assert (out / "metrics.jsonl").read_text() == '{"epoch": 7}\n'
-    with pytest.raises(SystemExit, match="no checkpoint.pt"):
-        finetune.main(["--out", str(out), "--resume"])
-    assert finetune.main(TINY_VIT + SMALL_RUN + ["--epochs", "1", "--out", str(out), "--force"]) == 0
-    assert [r["epoch"] for r in metrics(out)] == [1]  # the old run's lines are gone ...
-    assert (out / "notes.txt").read_text() == "mine"  # ... files that are not ours are left alone
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert finetune.main(TINY_VIT + SMALL_RUN + ["--epochs", "1", "--seed", "1", "--out", str(out), "--force"]) == 0
+    assert [r["epoch"] for r in metrics(out)] == [1]  # the old run's lines are gone
+    assert (out / "metrics.jsonl").read_bytes() != before["metrics.jsonl"]  # another seed: another run
+    # (a directory holding files the run did not write: tests/test_rundir.py)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ input), so an upper bound from compute alone is (11 + 3) / 3 ~ 4.7x to (11 + 2) 
 the data pipeline is counted.
 
 Where the table lives (`--cache`): `device` (GPU memory: no copies at all), `memory` (host RAM),
-`disk` (a numpy memmap under --out/.cache, read back through the page cache); `auto` picks the first
+`disk` (a numpy memmap under --out/.tinyvit-feature-cache, read back through the page cache); `auto` picks the first
 that fits. Rows are stored in the autocast dtype when mixed precision is on (what the suffix
 would have seen anyway: under autocast the prefix already outputs bf16/fp16), fp32 otherwise.
 numpy has no bfloat16, so bf16 rows are stored on disk as their int16 bit patterns.
@@ -33,7 +33,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -147,6 +147,7 @@ def build(
     world: int = 1,
     progress=None,
     should_stop: Callable[[], bool] = lambda: False,  # must agree across processes
+    start_workers: Callable[[DataLoader], Iterable] = iter,  # tinyvit.finetune: workers that leave signals alone
 ) -> Optional[FeatureCache]:
     """Run `prefix` once over `dataset` and keep its outputs; None if `should_stop()` turned true."""
     from tinyvit.evaluate import autocast
@@ -161,7 +162,7 @@ def build(
         pin_memory=device.type == "cuda", generator=torch.Generator(),  # leaves the global RNG alone
     )
     table, labels = None, torch.empty(n, dtype=torch.int64)
-    for j, (images, targets) in enumerate(loader):
+    for j, (images, targets) in enumerate(start_workers(loader)):
         with autocast(device, dtype):
             feats = prefix(images.to(device, non_blocking=True)).to(store_dtype)  # [b, *shape]
         if j == 0:

@@ -44,6 +44,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from tinyvit import rundir
 from tinyvit.atomic import write_atomic
 from tinyvit.presets import DEIT, GOOGLE, PRESETS, TORCHVISION, build_model
 from tinyvit.preprocess import HALF, Preprocess
@@ -239,6 +240,12 @@ def read_checkpoint(source) -> Checkpoint:
         weights = found[0]  # safetensors first: it cannot hold code
     else:
         weights = source
+    try:  # in a run directory of tinyvit.finetune: the bytes the run wrote (its manifest's SHA-256)
+        for path in (weights, source / "config.json") if source.is_dir() else (weights,):
+            if path.is_file():
+                rundir.verify(path)
+    except (rundir.ChecksumError, rundir.RunDirError) as e:
+        raise CheckpointError(str(e)) from None
     tensors, wrapper = read_tensors(weights)
     if not tensors:
         raise CheckpointError(f"{weights}: holds no tensors")

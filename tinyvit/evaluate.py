@@ -150,6 +150,9 @@ def read_classes(model_dir: Path) -> Optional[list[str]]:
     path = Path(model_dir) / "classes.json"
     if not path.is_file():
         return None
+    from tinyvit import rundir
+
+    rundir.verify(path)  # in a run directory: the list the run wrote
     try:
         classes = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:

@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyvit import data, freeze
+from tinyvit import data, freeze, rundir
 from tinyvit.atomic import write_atomic
 from tinyvit.evaluate import AMP_CHOICES, Tally, amp_dtype, autocast, evaluate, per_class_accuracy, resolve_device
 from tinyvit.presets import PRESETS, build_model, create_model
@@ -112,6 +112,7 @@ class Config:
     out: Optional[str] = None  # None: runs/<model>-<dataset>-<unfreeze>
     resume: bool = False
     force: bool = False
+    allow_data_change: bool = False  # --resume on data whose fingerprint changed (tinyvit/rundir.py)
     num_workers: Optional[int] = None  # None: min(8, CPUs per process)
     augment: bool = True
     cache: str = "auto"
@@ -132,7 +133,8 @@ class Config:
 
 
 # What may differ when resuming: where and how the run executes, not what it computes.
-RUNTIME_FIELDS = {"epochs", "device", "num_workers", "cache", "data_dir", "progress", "out", "resume", "force"}
+RUNTIME_FIELDS = {"epochs", "device", "num_workers", "cache", "data_dir", "progress", "out", "resume", "force",
+                  "allow_data_change"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=AMP_CHOICES, help="autocast dtype (default auto: bf16 on GPU, off on CPU)")
     p.add_argument("--out", help="output directory (default: runs/<model>-<dataset>-<unfreeze>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
-    p.add_argument("--force", action="store_true", help="overwrite the outputs of an earlier run in --out")
+    p.add_argument("--force", action="store_true", help="remove the files of an earlier run in --out (only those) and start over")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="--resume although the dataset differs from the one the run began with")
     p.add_argument("--num-workers", type=int, help="data loading processes (default: min(8, CPUs per process))")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip (enables training on cached features)")
     p.add_argument("--cache", choices=("auto", "off", "device", "memory", "disk"),
@@ -282,6 +286,34 @@ class StopRequest:
         return self.signum is not None
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def start_workers(loader: torch.utils.data.DataLoader):
+    """iter(loader), with DataLoader workers that leave SIGINT and SIGTERM to the main process.
+
+    Ctrl-C, `timeout`, Slurm and Kubernetes signal the whole process group. PyTorch's workers die
+    of a SIGTERM that does not come from their parent, and the main process then fails with
+    "DataLoader worker ... killed by signal" before it can save (issue 11). So workers ignore both
+    signals, and while they start (fork) the signals are held back: one that arrives meanwhile
+    waits in the main process, and in a worker is dropped when `_ignore_stop_signals` runs.
+    """
+    if loader.num_workers == 0:
+        return iter(loader)
+    loader.worker_init_fn = _ignore_stop_signals
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 # ---------------------------------------------------------------------------------------------
 # The model: preset + weights, then the new head and the training resolution.
 # ---------------------------------------------------------------------------------------------
@@ -339,42 +371,18 @@ def _tuples(x):
 
 
 # ---------------------------------------------------------------------------------------------
-# The output directory: what is ours, atomic writes, checkpoints.
+# The output directory (its manifest, lock and checksums: tinyvit/rundir.py), and checkpoints.
 # ---------------------------------------------------------------------------------------------
 
-OUTPUTS = ("metrics.jsonl", "checkpoint.pt", "model.safetensors", "config.json", "classes.json",
+OUTPUTS = (rundir.MANIFEST, "metrics.jsonl", "checkpoint.pt", "model.safetensors", "config.json", "classes.json",
            "summary.json", "curves.png", "confusion.png")
-CACHE_DIR = ".cache"
+CACHE_DIR = rundir.CACHE_DIR
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "tinyvit.finetune", 1
 
 
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
-
-
 def check_out_dir(out: Path, cfg: Config) -> None:
-    """Before anything is loaded: refuse to overwrite an earlier run by accident."""
-    if cfg.resume and cfg.force:
-        raise ValueError("--resume and --force contradict each other: continue the run, or start it over")
-    if cfg.resume:
-        if not (out / "checkpoint.pt").is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint.pt in {out} to continue from")
-    elif out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file")
-    elif out.is_dir() and any(out.iterdir()) and not cfg.force:
-        found = ", ".join(sorted(p.name for p in out.iterdir())[:6])
-        raise FileExistsError(f"--out {out} is not empty ({found}); pass --resume to continue that run or --force to overwrite it")
-
-
-def clean_out_dir(out: Path, fresh: bool) -> None:
-    """Remove stale temporary files and caches of killed runs; with `fresh` (--force) our earlier outputs too."""
-    for p in out.glob(".*.tmp"):
-        if any(p.name.startswith(f".{name}.") for name in OUTPUTS):
-            p.unlink()
-    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
-    if fresh:
-        for name in OUTPUTS:
-            (out / name).unlink(missing_ok=True)
+    """Before anything is loaded: refuse to overwrite an earlier run, or anyone's files, by accident."""
+    rundir.check(out, resume=cfg.resume, force=cfg.force)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -400,7 +408,7 @@ def resumed_config(cfg: Config, given: set, stored: dict) -> Config:
     if changed:
         raise ValueError("--resume continues a run as it was configured; these flags differ: " + "; ".join(changed))
     now = {k: getattr(cfg, k) for k in given & RUNTIME_FIELDS}
-    return replace(run, **{**now, "resume": True, "force": False})
+    return replace(run, **{**now, "resume": True, "force": False, "allow_data_change": cfg.allow_data_change})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,6 +593,8 @@ class Trainer:
             self.ddp = nn.parallel.DistributedDataParallel(self.split, device_ids=[device.index] if device.type == "cuda" else None)
 
         self.epoch, self.batches_done, self.partial = 0, 0, None  # where the run stands
+        self.saved: Optional[tuple[int, int]] = None  # (epoch, batches_done) in checkpoint.pt, if there is one
+        self.run: Optional[rundir.RunDir] = None  # rank 0: every file goes through it (main sets it)
         self.history: list[dict] = []
         self.last_confusion: Optional[torch.Tensor] = None
         self.rng_state = None
@@ -636,7 +646,7 @@ class Trainer:
                     self.split.prefix, data.Transformed(dataset, self.eval_tf), storage=self.cfg.cache,
                     device=self.device, dtype=self.dtype, path=self.out / CACHE_DIR / f"{name}.npy",
                     batch_size=self.batch, num_workers=self.num_workers, rank=self.dist.rank,
-                    world=self.dist.world, progress=bar, should_stop=stop,
+                    world=self.dist.world, progress=bar, should_stop=stop, start_workers=start_workers,
                 )
             if built is None:
                 raise Interrupted(self.epoch + 1, self.batches_done, self.partial)
@@ -654,11 +664,11 @@ class Trainer:
         dataset = self.splits.train if name == "train" else self.splits.val
         transform = self.train_tf if name == "train" else self.eval_tf
         keys = index_batches if epoch is None else [[(i, epoch) for i in b] for b in index_batches]
-        return torch.utils.data.DataLoader(
+        return start_workers(torch.utils.data.DataLoader(
             data.Transformed(dataset, transform, seed=self.cfg.seed), batch_sampler=keys,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # DataLoader draws worker seeds; keep the global RNG (dropout) untouched
-        )
+        ))
 
     def is_cached(self, name: str) -> bool:
         return self.features[name] is not None
@@ -672,10 +682,14 @@ class Trainer:
         if self.dist.world > 1:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         if flags[1]:
+            if self.saved is None:
+                kept = "no checkpoint was saved before it (rerun with --force to start over)"
+            else:
+                e, b = self.saved
+                kept = f"checkpoint.pt holds the last good state (epoch {e}" + (f" and {b} batches of epoch {e + 1})" if b else ")")
             raise NonFiniteLoss(
                 f"the training loss became NaN/Inf in epoch {self.epoch + 1} (batch {self.batches_done} or up to "
-                f"{SYNC_EVERY} before); stopped without saving. checkpoint.pt holds the last good state "
-                f"(epoch {self.epoch}). Try a lower --lr (now {self.lr:g})"
+                f"{SYNC_EVERY} before); stopped without saving: {kept}. Try a lower --lr (now {self.lr:g})"
                 + (" or --amp bf16 / off (fp16 overflows more easily)" if self.dtype == torch.float16 else "")
             )
         return bool(flags[0])
@@ -785,9 +799,7 @@ class Trainer:
             self.history.append(row)
             self.last_confusion = tally.confusion.cpu()
             self.save_checkpoint()
-            if self.dist.main:
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            self.save_metrics()  # after the checkpoint: metrics.jsonl never has an epoch that checkpoint.pt lacks
             self.log(f"epoch {self.epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
                      f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.2e}  "
                      f"{seconds:.1f} s ({row['train_images_per_s']:,.0f} img/s{', cached features' if row['cached'] else ''})")
@@ -818,7 +830,14 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.dist.main:
             state = self.checkpoint_state()
-            write_atomic(self.out / "checkpoint.pt", lambda f: torch.save(state, f))
+            self.run.write("checkpoint.pt", lambda f: torch.save(state, f))
+        self.saved = (self.epoch, self.batches_done)
+
+    def save_metrics(self) -> None:
+        """metrics.jsonl: one line per epoch of the history, rewritten whole (it is small) so its
+        checksum is always the one recorded."""
+        if self.dist.main:
+            self.run.write("metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in self.history).encode()))
 
     def _load_resume_state(self, state: dict) -> None:
         if state["batches_done"] and state["world_size"] != self.dist.world:
@@ -838,6 +857,7 @@ class Trainer:
                      f"{self.cfg.epochs} epochs and the learning rate continues on it")
         self.history = list(state["history"])
         self.last_confusion = state["last_confusion"]
+        self.saved = (self.epoch, self.batches_done)
         if self.dist.main or self.dist.world == 1:
             self.rng_state = state["rng"]
         else:  # only rank 0's RNG was saved; the others continue from a derived seed
@@ -847,10 +867,10 @@ class Trainer:
 
     def finish(self) -> dict:
         """The final model, figures and summary (rank 0)."""
-        out, cfg = self.out, self.cfg
+        cfg = self.cfg
         # The model carries the preprocessing it was trained with, so evaluate/predict reproduce it.
         self.model.preprocess = data.eval_preprocess(self.preprocess, self.splits.low_res)
-        self.model.save_pretrained(out)
+        self.run.write_files(["model.safetensors", "config.json"], self.model.save_pretrained)
         trainable, total = freeze.count_parameters(self.model)
         best = max(self.history, key=lambda r: r["val_acc"])
         confusion = self.last_confusion
@@ -863,9 +883,9 @@ class Trainer:
             "classes": self.classes, "per_class_acc": per_class_accuracy(confusion), "confusion": confusion.tolist(),
             "timing": timing(self.history), "config": self.run_config(),
         }
-        write_json(out / "summary.json", summary)
-        plot_curves(self.history, out / "curves.png")
-        plot_confusion(confusion, self.classes, out / "confusion.png")
+        self.run.write_json("summary.json", summary)
+        self.run.write_files(["curves.png"], lambda d: plot_curves(self.history, d / "curves.png"))
+        self.run.write_files(["confusion.png"], lambda d: plot_confusion(confusion, self.classes, d / "confusion.png"))
         return summary
 
 
@@ -890,58 +910,77 @@ SETUP_ERRORS = (ValueError, OSError, RuntimeError)  # OSError: missing files and
 def main(argv=None) -> int:
     cfg, given = parse_args(argv)
     out = cfg.out_dir()
+    run = None
     try:
-        # Everything that can reject the input happens before --out is touched.
+        # Everything that can reject the input happens before --out is written to. Rank 0 locks it
+        # first: a directory in use or not writable is refused before minutes of set-up.
+        if int(os.environ.get("RANK", "0")) == 0:
+            run = rundir.RunDir.open(out)
         check_out_dir(out, cfg)
         resume_state = None
         if cfg.resume:
+            rundir.verify(out / "checkpoint.pt")  # the bytes the run wrote, or a clear refusal
             resume_state = load_checkpoint(out / "checkpoint.pt")
             cfg = resumed_config(cfg, given, resume_state["config"])
         dist, device = init_distributed(cfg.device)
         trainer = Trainer(cfg, dist, device, resume_state)
-    except data.DatasetError as e:
-        raise SystemExit(f"tinyvit.finetune: error: {data.error_message(e)}") from None
-    except SETUP_ERRORS as e:
-        raise SystemExit(f"tinyvit.finetune: error: {e}") from None
+        if run is not None:
+            fingerprints = rundir.fingerprints(trainer.splits.train, trainer.splits.val)
+            if cfg.resume:
+                run.check_dataset(fingerprints, cfg.allow_data_change, f"--dataset {cfg.dataset} --data-dir {cfg.data_dir}")
+    except BaseException as e:
+        if run is not None:
+            run.abandon()  # unlocked, and --out removed again if this run created it
+        if isinstance(e, data.DatasetError):
+            raise SystemExit(f"tinyvit.finetune: error: {data.error_message(e)}") from None
+        if isinstance(e, SETUP_ERRORS):
+            raise SystemExit(f"tinyvit.finetune: error: {e}") from None
+        raise
 
     if dist.world > 1:
         torch.distributed.barrier()  # every process has checked --out before rank 0 writes to it
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        clean_out_dir(out, fresh=cfg.force)
-        write_json(out / "classes.json", trainer.classes)
-        if resume_state is not None:  # metrics.jsonl = the checkpoint's history: no epoch twice, none lost
-            write_atomic(out / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in trainer.history).encode()))
-            trainer.log(f"resuming {out} after epoch {trainer.epoch}" +
-                        (f" and {trainer.batches_done} batches of epoch {trainer.epoch + 1}" if trainer.batches_done else ""))
-    if dist.world > 1:
-        torch.distributed.barrier()
+    try:
+        if dist.main:
+            trainer.run = run
+            run.start(fresh=not cfg.resume, dataset=fingerprints)  # the manifest first
+            run.write_json("classes.json", trainer.classes)
+            if resume_state is not None:
+                trainer.save_metrics()  # = the checkpoint's history: no epoch twice, none lost
+                trainer.log(f"resuming {out} after epoch {trainer.epoch}" +
+                            (f" and {trainer.batches_done} batches of epoch {trainer.epoch + 1}" if trainer.batches_done else ""))
+        if dist.world > 1:
+            torch.distributed.barrier()
 
-    with StopRequest(trainer.log) as stop:  # also over finish(): a Ctrl-C there waits for the files to be written
-        try:
-            trainer.fit(stop)
-        except Interrupted as e:
-            trainer.batches_done, trainer.partial = e.batches_done, e.partial
-            trainer.save_checkpoint()
-            trainer.log(f"stopped in epoch {e.epoch} after {e.batches_done} of {trainer.steps_per_epoch} batches; "
-                        f"checkpoint saved. Continue with: python -m tinyvit.finetune --out {out} --resume")
-            return 128 + (stop.signum or signal.SIGINT)
-        except KeyboardInterrupt:
-            trainer.log(f"interrupted twice: quitting without saving; {out / 'checkpoint.pt'} holds the last completed epoch")
-            return 130
-        except NonFiniteLoss as e:
-            raise SystemExit(f"tinyvit.finetune: error: {e}") from None
-        except data.DatasetError as e:
-            raise SystemExit(f"tinyvit.finetune: error: {data.error_message(e)}") from None
-        finally:
-            if dist.main:
-                shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
-        if dist.main and trainer.history:
-            report(trainer, trainer.finish())
-    if dist.world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return 0
+        with StopRequest(trainer.log) as stop:  # also over finish(): a Ctrl-C there waits for the files to be written
+            try:
+                trainer.fit(stop)
+            except Interrupted as e:
+                trainer.batches_done, trainer.partial = e.batches_done, e.partial
+                trainer.save_checkpoint()
+                trainer.log(f"stopped in epoch {e.epoch} after {e.batches_done} of {trainer.steps_per_epoch} batches; "
+                            f"checkpoint saved. Continue with: python -m tinyvit.finetune --out {out} --resume")
+                return 128 + (stop.signum or signal.SIGINT)
+            except KeyboardInterrupt:
+                kept = (f"{out / 'checkpoint.pt'} holds epoch {trainer.saved[0]}" if trainer.saved
+                        else "no checkpoint had been saved yet")
+                trainer.log(f"interrupted twice: quitting without saving; {kept}")
+                return 130
+            except NonFiniteLoss as e:
+                raise SystemExit(f"tinyvit.finetune: error: {e}") from None
+            except data.DatasetError as e:
+                raise SystemExit(f"tinyvit.finetune: error: {data.error_message(e)}") from None
+            finally:
+                if dist.main:
+                    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+            if dist.main and trainer.history:
+                report(trainer, trainer.finish())
+        if dist.world > 1:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+        return 0
+    finally:
+        if run is not None:
+            run.close()  # the feature cache goes, and the lock
 
 
 if __name__ == "__main__":
