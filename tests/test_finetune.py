@@ -142,7 +142,7 @@ def test_a_used_out_dir_is_kept_unless_forced(tmp_path):
     out = tmp_path / "run"
     assert finetune.main(TINY_VIT + SMALL_RUN + ["--epochs", "1", "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(SystemExit, match="holds a tinyvit run: pass --resume to continue it, or --force to remove its 9 files"):
+    with pytest.raises(SystemExit, match="holds a tinyvit run: pass --resume to continue it, or --force to remove its 8 files"):
         finetune.main(TINY_VIT + SMALL_RUN + ["--epochs", "1", "--out", str(out)])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert finetune.main(TINY_VIT + SMALL_RUN + ["--epochs", "1", "--seed", "1", "--out", str(out), "--force"]) == 0
