@@ -456,7 +456,8 @@ def epoch_batches(n: int, batch: int, dist: Dist, seed: int, epoch: int, shuffle
         # A training batch of one image: BatchNorm in training mode cannot normalise it when the
         # feature map is 1x1 (a ResNet's layer4 at 32 px), "Expected more than 1 value per channel".
         # It joins the batch before. Every process has the same count (the sampler pads), so all agree.
-        batches[-2] = batches[-2] + batches.pop()
+        last = batches.pop()
+        batches[-1] = batches[-1] + last
     return batches
 
 

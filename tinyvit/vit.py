@@ -120,8 +120,10 @@ class ViTConfig:
 
 def check_input_dtype(x: torch.Tensor, param: torch.Tensor) -> None:
     """Images must be floating point, of the parameters' dtype unless autocast casts them (a bf16
-    or fp16 model takes its own dtype; under torch.autocast any float input is fine)."""
-    if x.is_floating_point() and (x.dtype == param.dtype or torch.is_autocast_enabled(x.device.type)):
+    or fp16 model takes its own dtype; under torch.autocast any float but float64, which autocast
+    leaves alone, is cast to what each op needs)."""
+    autocast = torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64
+    if x.is_floating_point() and (x.dtype == param.dtype or autocast):
         return
     hint = ("normalised float pixels, not raw ones: model.preprocess.eval_transform() turns a PIL image "
             "into the tensor these weights expect" if not x.is_floating_point() else
