@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import tinyvit
 from tinyvit import data, evaluate, finetune, predict
 from tinyvit.convert import CheckpointError
-from tinyvit.finetune import Dist, epoch_batches, steps_per_epoch
+from tinyvit.finetune import Dist
 
 TINY_VIT = ["--model", "vit_tiny_patch16_224", "--weights", "none", "--image-size", "32",
             "--override", "patch_size=8,dim=32,depth=2,num_heads=2,mlp_dim=64"]
@@ -111,8 +111,8 @@ def test_checkpoint_of_an_unfinished_run_says_to_resume(tmp_path):
 def test_a_last_batch_of_one_joins_the_one_before(n, batch, world):
     counts = None
     for rank in range(world):
-        batches = epoch_batches(n, batch, Dist(rank, world), seed=0, epoch=1)
-        assert len(batches) == steps_per_epoch(n, batch, world)
+        batches = finetune.epoch_batches(n, batch, Dist(rank, world), seed=0, epoch=1)
+        assert len(batches) == finetune.steps_per_epoch(n, batch, world)
         assert sorted(len(b) for b in batches)[0] >= min(2, sum(map(len, batches)))
         assert counts in (None, [len(b) for b in batches])  # every process steps together
         counts = [len(b) for b in batches]
