@@ -156,6 +156,9 @@ def _unwrap(obj: object, path: Path) -> tuple[dict, Optional[str]]:
     checkpoints under 'state_dict'; nothing else in the file is read."""
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors (a state dict), found a {type(obj).__name__}")
+    if obj.get("format") == "tinyvit.finetune":  # finetune.CHECKPOINT_FORMAT (not imported: cheap loads)
+        raise CheckpointError(f"{path}: this is a tinyvit resume checkpoint (a run's training state), not a model; "
+                              + _run_hint(path.parent))
     wrapper = None
     for key in ("model", "state_dict"):
         if isinstance(obj.get(key), dict):
@@ -171,6 +174,16 @@ def _unwrap(obj: object, path: Path) -> tuple[dict, Optional[str]]:
     if obj and all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj), wrapper
+
+
+def _run_hint(run: Path) -> str:
+    """Where the model of a tinyvit.finetune run is. Its checkpoint.pt holds the weights too, but
+    not the preprocessing the model is evaluated with nor the class list (classes.json): loading
+    it as a bare state dict would guess both, wrongly, so the loader points at the run instead."""
+    if (run / "model.safetensors").is_file() and (run / "config.json").is_file():
+        return f"load the run directory {run} instead"
+    return (f"the run in {run} has not finished (no model.safetensors yet): continue it with "
+            f"python -m tinyvit.finetune --out {run} --resume, then load the run directory {run}")
 
 
 def read_tensors(path) -> tuple[dict, Optional[str]]:
@@ -735,9 +748,18 @@ def choose_preprocess(ckpt: Checkpoint, config: dict, name: Optional[str]) -> Pr
     if name is not None:
         pre = PRESETS[name]["preprocess"]
     elif ckpt.preprocessor is not None:
-        pre = preprocess_from_hf(ckpt.preprocessor, ckpt.path.parent / "preprocessor_config.json")
+        where = ckpt.path.parent / "preprocessor_config.json"
+        try:
+            pre = preprocess_from_hf(ckpt.preprocessor, where)
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: {e}") from e
     elif isinstance((ckpt.config or {}).get("pretrained_cfg"), dict):
-        pre = preprocess_from_timm(ckpt.config["pretrained_cfg"])
+        try:
+            pre = preprocess_from_timm(ckpt.config["pretrained_cfg"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{ckpt.path.parent / 'config.json'}: pretrained_cfg: {e}") from e
     elif ckpt.family == "google":
         pre = GOOGLE
     elif ckpt.family == "hf":
@@ -794,7 +816,37 @@ def load_strict(model: nn.Module, mapped: Mapped, path: Path, what: str) -> None
             + _listing("wrong shape", mismatched)
             + _listing("cannot convert", mapped.problems)
         )
+    wrong_dtype, not_finite = _check_values(state, expected, mapped.origin)
+    if wrong_dtype or not_finite:
+        raise CheckpointError(
+            f"{path}: {what} with values the model cannot use; nothing was loaded."
+            + _listing("wrong dtype: load_state_dict would cast them silently", wrong_dtype, limit=5)
+            + _listing("NaN or Inf values", not_finite, limit=5)
+        )
     model.load_state_dict(state, strict=True)
+
+
+def _check_values(state: dict, expected: dict, origin: dict) -> tuple[list, list]:
+    """Tensors of the wrong kind of dtype, and floating tensors holding NaN/Inf.
+
+    Keys and shapes can all fit while the values are unusable: load_state_dict casts int32, bool
+    or complex tensors into float parameters without a word (int32 weights of a quantised export
+    become whole numbers, complex ones lose their imaginary part), and one NaN makes every logit NaN.
+    Integer buffers (BatchNorm's num_batches_tracked) must stay integers.
+    """
+    wrong_dtype, not_finite = [], []
+    for k, ref in expected.items():
+        t = state[k]
+        name = f"{k}" + (f" (from {origin[k]!r})" if origin.get(k, k) != k else "")
+        if ref.is_floating_point():
+            if not t.is_floating_point():
+                wrong_dtype.append(f"{name}: {t.dtype}, expected a floating-point tensor ({ref.dtype})")
+            elif not torch.isfinite(t).all():
+                bad = int((~torch.isfinite(t)).sum())
+                not_finite.append(f"{name}: {bad} of {t.numel()} values")
+        elif t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            wrong_dtype.append(f"{name}: {t.dtype}, expected an integer tensor ({ref.dtype})")
+    return wrong_dtype, not_finite
 
 
 # ---------------------------------------------------------------------------------------------
@@ -840,8 +892,18 @@ def load_pretrained(
         if name is not None:
             preprocess = choose_preprocess(ckpt, config, name)
         else:
-            preprocess = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else None
+            try:
+                preprocess = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else None
+            except (TypeError, ValueError, AttributeError) as e:
+                raise CheckpointError(f"{ckpt.path.parent / 'config.json'}: preprocess.{e}") from e
     else:
+        registers = [k for k in ckpt.tensors if k.endswith(("reg_token", "register_tokens"))]
+        if registers:  # timm's *_reg* models, Hugging Face's Dinov2WithRegisters
+            k = registers[0]
+            raise CheckpointError(
+                f"{ckpt.path}: unsupported: register tokens ({k!r} {_shape(ckpt.tensors[k])}; Darcet et al. 2024, "
+                f"\"Vision Transformers Need Registers\"); tinyvit's ViT has only class and distillation tokens"
+            )
         mapped = map_keys(ckpt)
         if ckpt.family == "resnet":
             arch, config = "resnet", infer_resnet_config(mapped.state, ckpt.path)
@@ -860,6 +922,8 @@ def load_pretrained(
     try:
         model = build_model(arch, config, preprocess)
     except (TypeError, ValueError) as e:
+        if ckpt.family == "tinyvit":  # the architecture comes from config.json: name it
+            raise CheckpointError(f"{ckpt.path.parent / 'config.json'}: config: {e}") from e
         raise CheckpointError(f"{ckpt.path}: cannot build the model this file describes ({e})") from e
     load_strict(model, mapped, ckpt.path, what)
 

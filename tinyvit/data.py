@@ -51,9 +51,29 @@ def load_image(path) -> Image.Image:
     """Decode an image file to RGB now (not lazily), so a broken file fails here, by name."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), SyntaxError, ...
         raise CorruptImageError(f"{path}: cannot read this image ({type(e).__name__}: {e})") from e
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of any PIL image, high-bit-depth greyscale scaled rather than clipped.
+
+    PIL's convert("RGB") clips 16-bit greyscale (mode I;16, the way 16-bit PNG and TIFF files open)
+    to 0..255, so everything above 255 of 65535 turns white. Here 16-bit values map 0..65535 to
+    0..255 (v / 257, rounded: 65535 -> 255, 257 -> 1), as libpng and ImageMagick reduce 16 bits to 8.
+    Mode I (32-bit integers; older Pillow opened 16-bit PNGs so) is read as the same 16-bit range,
+    mode F (32-bit floats) as intensities in [0, 1], the floating-point convention; values outside
+    the range are clipped.
+    """
+    if im.mode.startswith("I;16") or im.mode == "I":
+        pixels = np.asarray(im, dtype=np.float64) / 257.0
+    elif im.mode == "F":
+        pixels = np.asarray(im, dtype=np.float64) * 255.0
+    else:
+        return im.convert("RGB")
+    grey = np.clip(np.rint(np.nan_to_num(pixels)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +155,7 @@ def cifar(name: str, root: Path):
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     root = Path(root)
+    _check_cifar_files(cls, root)
     try:
         train = cls(str(root), train=True, download=True)
         val = cls(str(root), train=False, download=True)
@@ -144,6 +165,33 @@ def cifar(name: str, root: Path):
             f"{cls.filename} (or its extracted {cls.base_folder}/ folder) into {root}"
         ) from e
     return train, val, list(train.classes)
+
+
+def _check_cifar_files(cls, root: Path) -> None:
+    """Refuse CIFAR files that are there but fail their MD5 checksum, naming them.
+
+    torchvision would treat them as missing: try to download (offline, the error then asks for
+    the very file that is there) and, online, overwrite the user's file. A good extracted folder
+    is enough on its own; without one, the archive must be good (torchvision extracts it)."""
+    from torchvision.datasets.utils import check_integrity
+
+    folder, archive = root / cls.base_folder, root / cls.filename
+    members = [(folder / f, md5) for f, md5 in cls.train_list + cls.test_list + [(cls.meta["filename"], cls.meta["md5"])]]
+    if all(check_integrity(str(f), md5) for f, md5 in members):
+        return
+    if archive.is_file():
+        if not check_integrity(str(archive), cls.tgz_md5):
+            raise DatasetError(
+                f"{archive} is there but fails its MD5 checksum (expected {cls.tgz_md5}): a truncated or corrupt "
+                f"download. Replace it with a good copy, or delete it to download it again"
+            )
+        return
+    corrupt = [str(f) for f, md5 in members if f.is_file() and not check_integrity(str(f), md5)]
+    if corrupt:
+        raise DatasetError(
+            f"{', '.join(corrupt)}: there but failing the MD5 checksum torchvision lists for {cls.base_folder}/. "
+            f"Replace the folder with a good copy, or put a good {cls.filename} into {root}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

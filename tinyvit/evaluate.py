@@ -198,6 +198,12 @@ def run(cfg: EvalConfig) -> dict:
     import tinyvit
     from tinyvit.data import DatasetError, load_splits, transforms, Transformed
 
+    if cfg.json:  # checked before the evaluation, which may take long, not when writing its result
+        target = Path(cfg.json)
+        if target.is_dir():
+            raise ValueError(f"--json {target}: is a directory; give a file name, e.g. {target / 'eval.json'}")
+        if not target.parent.is_dir():
+            raise FileNotFoundError(f"--json {target}: no directory {target.parent} to write it in")
     device = resolve_device(cfg.device)
     model_dir = Path(cfg.model_dir)
     if not model_dir.exists():

@@ -69,6 +69,7 @@ import signal
 import sys
 import threading
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -91,6 +92,7 @@ from tinyvit.vit import ViTConfig
 # ---------------------------------------------------------------------------------------------
 
 LR_DEFAULTS = {"head": 1e-3, "blocks": 1e-4, "all": 2e-5}  # for batch 128; see the module docstring
+RESNET_MIN_SIZE = 32  # as ResNet.check_input: five stride-2 steps leave one pixel of 32
 
 
 @dataclass
@@ -206,7 +208,28 @@ def parse_overrides(items: list, model: str) -> dict:
             out[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
             out[key.strip()] = value.strip()  # a bare string, e.g. pool=mean
+        _check_override_type(cls, key.strip(), out[key.strip()])
     return out
+
+
+def _check_override_type(cls, key: str, value) -> None:
+    """The value's type against the config field's annotation (int, float, bool, str, tuple,
+    Optional[...]): depth=two must fail here, by name, not as a TypeError inside the model."""
+    hint = typing.get_type_hints(cls)[key]
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_origin(hint) is typing.Union else [hint]
+    optional = hint is not kinds[0]
+    accepts = {
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        bool: lambda v: isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        tuple: lambda v: isinstance(v, (list, tuple)),
+    }
+    if (optional and value is None) or any(accepts.get(k, lambda v: True)(value) for k in kinds):
+        return
+    names = {int: "an integer", float: "a number", bool: "True or False", str: "a string", tuple: "a list, e.g. [2,2,2,2]"}
+    expected = " or ".join(names.get(k, k.__name__) for k in kinds) + (" or None" if optional else "")
+    raise ValueError(f"--override {key}={value!r}: {cls.__name__}.{key} expects {expected}, got {type(value).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +440,7 @@ def resumed_config(cfg: Config, given: set, stored: dict) -> Config:
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up from 1/warmup to 1 over `warmup` steps, then half a cosine down to 0 at `total`."""
+    """Linear warm-up from 1/warmup to 1 over `warmup` steps (0: none), then half a cosine down to 0 at `total`."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min((step - warmup) / max(1, total - warmup), 1.0)
@@ -436,7 +459,38 @@ def epoch_batches(n: int, batch: int, dist: Dist, seed: int, epoch: int, shuffle
         order = list(sampler)
     else:  # validation: a plain shard, no padding with repeated items
         order = list(range(dist.rank, n, dist.world))
-    return [order[i:i + batch] for i in range(0, len(order), batch)]
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+    if shuffle and len(batches) > 1 and len(batches[-1]) == 1:
+        # A training batch of one image: BatchNorm in training mode cannot normalise it when the
+        # feature map is 1x1 (a ResNet's layer4 at 32 px), "Expected more than 1 value per channel".
+        # It joins the batch before. Every process has the same count (the sampler pads), so all agree.
+        last = batches.pop()
+        batches[-1] = batches[-1] + last
+    return batches
+
+
+def steps_per_epoch(n: int, batch: int, world: int) -> int:
+    """len(epoch_batches(...)) for training, without drawing the permutation."""
+    per_process = math.ceil(n / world)
+    steps = math.ceil(per_process / batch)
+    return steps - 1 if steps > 1 and per_process % batch == 1 else steps
+
+
+def check_image_size(cfg: Config) -> None:
+    """--image-size against the preset, before any data or weights are fetched."""
+    size = cfg.image_size
+    if size is None:
+        return
+    if size < 1:
+        raise ValueError(f"--image-size {size}: expected a positive number of pixels")
+    preset = PRESETS[cfg.model]
+    if preset["arch"] == "vit":
+        patch = parse_overrides(cfg.override, cfg.model).get("patch_size", preset["config"]["patch_size"])
+        if isinstance(patch, int) and patch >= 1 and (size < patch or size % patch):
+            raise ValueError(f"--image-size {size}: {cfg.model} cuts images into {patch}x{patch} patches; "
+                             f"use a multiple of {patch} (the smallest is {patch})")
+    elif size < RESNET_MIN_SIZE:
+        raise ValueError(f"--image-size {size}: a ResNet downsamples by 32; use at least {RESNET_MIN_SIZE} pixels")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,6 +600,11 @@ class Trainer:
             raise ValueError(f"--epochs {cfg.epochs} and --batch-size {cfg.batch_size} must be at least 1")
         if cfg.batch_size % dist.world:
             raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must divide among {dist.world} processes")
+        if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr >= 0):
+            raise ValueError(f"--lr {cfg.lr}: expected a learning rate of 0 or more")
+        if cfg.warmup_epochs is not None and not (math.isfinite(cfg.warmup_epochs) and cfg.warmup_epochs >= 0):
+            raise ValueError(f"--warmup-epochs {cfg.warmup_epochs}: expected 0 (no warm-up) or more")
+        check_image_size(cfg)
         self.batch = cfg.batch_size // dist.world
 
         torch.manual_seed(cfg.seed)  # the same initialisation on every process
@@ -575,13 +634,20 @@ class Trainer:
         self.cache_train, self.cache_val = self._cache_plan()
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built
 
-        self.steps_per_epoch = math.ceil(math.ceil(len(self.splits.train) / dist.world) / self.batch)
+        self.steps_per_epoch = steps_per_epoch(len(self.splits.train), self.batch, dist.world)
+        # A last batch of one image joins the one before (epoch_batches): say so once.
+        self.merged_single = self.steps_per_epoch < math.ceil(math.ceil(len(self.splits.train) / dist.world) / self.batch)
         total = cfg.epochs * self.steps_per_epoch
-        warmup_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else min(1.0, cfg.epochs / 10)
-        self.warmup = max(1, round(warmup_epochs * self.steps_per_epoch))
-        if self.warmup >= total:
-            raise ValueError(f"--warmup-epochs {warmup_epochs} covers the whole run of {cfg.epochs} epochs")
+        if cfg.warmup_epochs is None:  # one epoch, or a tenth of a shorter run, always short of the whole run
+            self.warmup = min(max(1, round(min(1.0, cfg.epochs / 10) * self.steps_per_epoch)), total - 1)
+        else:
+            self.warmup = max(1, round(cfg.warmup_epochs * self.steps_per_epoch)) if cfg.warmup_epochs > 0 else 0
+            if self.warmup and self.warmup >= total:
+                raise ValueError(f"--warmup-epochs {cfg.warmup_epochs:g} covers the whole run of {cfg.epochs} epochs "
+                                 f"({total} steps); use fewer, or 0 for no warm-up")
         self.lr = cfg.resolved_lr()
+        if self.lr == 0:
+            self.warn("--lr 0: the learning rate is zero, so nothing will train (the weights stay as they are)")
         self.schedule = partial(lr_factor, warmup=self.warmup, total=total)
         self.optimizer = torch.optim.AdamW(freeze.param_groups(self.model, cfg.weight_decay), lr=self.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
@@ -768,6 +834,9 @@ class Trainer:
                  f"AdamW lr {self.lr:g} wd {cfg.weight_decay:g}, batch {cfg.batch_size}"
                  f"{f' ({self.dist.world} x {self.batch})' if self.dist.world > 1 else ''}, {self.steps_per_epoch} steps/epoch, "
                  f"warm-up {self.warmup} steps, amp {str(self.dtype)[6:] if self.dtype else 'off'}, {self.device}")
+        if self.merged_single:
+            self.log(f"note: the last training batch of each epoch would hold a single image (per process), which "
+                     f"BatchNorm cannot train on; it joins the batch before ({self.steps_per_epoch} steps/epoch)")
         if not self.dist.main:
             print(f"[rank {self.dist.rank}/{self.dist.world}] {self.device}: {self.batch} images per step, "
                   f"{self.steps_per_epoch} steps per epoch", flush=True)

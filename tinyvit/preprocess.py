@@ -7,6 +7,8 @@ expect pixels in [-1, 1] (mean = std = 0.5), DeiT and torchvision the ImageNet s
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
@@ -24,8 +26,26 @@ class Preprocess:
     resize_size: Optional[int] = 256  # short side before the centre crop; None: resize straight to the square
 
     def __post_init__(self):
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        # Errors name the field as it is spelled in config.json ("preprocess": {...}); a zero std
+        # would divide every pixel by zero, a non-positive size would crop to nothing.
+        for name in ("mean", "std"):
+            try:
+                values = tuple(float(v) for v in getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected a list of numbers, one per channel") from None
+            if not values or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{name}={list(values)}; expected finite numbers, one per channel")
+            object.__setattr__(self, name, values)
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"std={list(self.std)}; every channel's std must be positive (pixels are divided by it)")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values and std {len(self.std)}; expected one of each per channel")
+        for name in ("image_size", "resize_size"):
+            v = getattr(self, name)
+            if v is None and name == "resize_size":
+                continue
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}={v!r}; expected a positive number of pixels")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise ValueError(f"interpolation={self.interpolation!r}; expected 'bilinear', 'bicubic' or 'nearest'")
 

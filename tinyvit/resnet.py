@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from tinyvit.vit import _check_int, _is_int, check_input_dtype
+
 
 @dataclass
 class ResNetConfig:
@@ -27,6 +29,11 @@ class ResNetConfig:
             raise ValueError(f"ResNetConfig.block={self.block!r}; expected 'basic' or 'bottleneck'")
         if len(self.layers) != 4:
             raise ValueError(f"ResNetConfig.layers must list 4 stages, got {self.layers}")
+        # Every stage builds at least one block (it carries the stride), so 0 would be silently 1.
+        if not all(_is_int(n) and n >= 1 for n in self.layers):
+            raise ValueError(f"ResNetConfig.layers={self.layers}; expected 4 positive block counts")
+        _check_int(self, "num_classes", minimum=0)
+        _check_int(self, "in_channels", minimum=1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -138,6 +145,7 @@ class ResNet(nn.Module):
                 f"expected images of at least 32x32 pixels (the network downsamples by 32), got "
                 f"{x.shape[2]}x{x.shape[3]} (input shape {tuple(x.shape)})"
             )
+        check_input_dtype(x, self.conv1.weight)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -158,6 +166,8 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int) -> "ResNet":
+        if not _is_int(num_classes) or num_classes < 0:
+            raise ValueError(f"num_classes={num_classes!r}; expected an integer >= 0 (0: no fc)")
         self.cfg.num_classes = num_classes
         if num_classes == 0:
             self.fc = nn.Identity()

@@ -16,6 +16,7 @@ PyTorch references elsewhere); `ViTConfig.kernels` chooses.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -25,6 +26,18 @@ from einops import rearrange, repeat
 from torch import nn
 
 from tinyvit.kernels import attention, layer_norm
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(cfg, name: str, minimum: int) -> None:
+    """A config field that must be an integer of at least `minimum` (bool is not an integer here)."""
+    value = getattr(cfg, name)
+    if not _is_int(value) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{type(cfg).__name__}.{name}={value!r}; expected {what}")
 
 
 @dataclass
@@ -54,6 +67,23 @@ class ViTConfig:
     kernels: str = "auto"  # "auto": Triton kernels on CUDA, PyTorch elsewhere; "triton": always; "torch": never
 
     def __post_init__(self):
+        # Sizes first, by field name: a zero patch would divide by zero below, a zero image size or
+        # a negative class count would build a model that silently has no patches or no head.
+        for name in ("patch_size", "image_size", "in_channels", "dim", "depth", "num_heads", "mlp_dim"):
+            _check_int(self, name, minimum=1)
+        _check_int(self, "num_classes", minimum=0)
+        if self.pre_logits is not None:
+            _check_int(self, "pre_logits", minimum=1)
+        if self.image_size < self.patch_size:
+            raise ValueError(
+                f"ViTConfig.image_size={self.image_size} is smaller than one patch (patch_size={self.patch_size})"
+            )
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            p = getattr(self, name)
+            if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p < 1.0:
+                raise ValueError(f"ViTConfig.{name}={p!r}; expected a probability in [0, 1)")
+        if not isinstance(self.norm_eps, numbers.Real) or not self.norm_eps > 0:
+            raise ValueError(f"ViTConfig.norm_eps={self.norm_eps!r}; expected a positive number")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
@@ -86,6 +116,20 @@ class ViTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_input_dtype(x: torch.Tensor, param: torch.Tensor) -> None:
+    """Images must be floating point, of the parameters' dtype unless autocast casts them (a bf16
+    or fp16 model takes its own dtype; under torch.autocast any float but float64, which autocast
+    leaves alone, is cast to what each op needs)."""
+    autocast = torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64
+    if x.is_floating_point() and (x.dtype == param.dtype or autocast):
+        return
+    hint = ("normalised float pixels, not raw ones: model.preprocess.eval_transform() turns a PIL image "
+            "into the tensor these weights expect" if not x.is_floating_point() else
+            f"convert the images with x.to({param.dtype}) (model.preprocess.eval_transform() gives float32) "
+            f"or the model with model.to({x.dtype}), or run under torch.autocast")
+    raise ValueError(f"expected {param.dtype} images (the dtype of this model's parameters), got {x.dtype}; {hint}")
 
 
 def _backend(x: torch.Tensor, kernels: str) -> str:
@@ -359,6 +403,7 @@ class VisionTransformer(nn.Module):
                 f"{x.shape[2]}x{x.shape[3]} (input shape {tuple(x.shape)}); resize the images, or "
                 f"call model.set_image_size({x.shape[2]}) to resample the position embedding"
             )
+        check_input_dtype(x, self.patch_embed.proj.weight)
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -425,6 +470,9 @@ class VisionTransformer(nn.Module):
     def set_image_size(self, image_size: int) -> "VisionTransformer":
         """Serve another image size: resample the position embedding over the new patch grid."""
         cfg = self.cfg
+        if not _is_int(image_size) or image_size < cfg.patch_size:
+            raise ValueError(f"image_size={image_size!r}; expected a multiple of patch_size={cfg.patch_size}, "
+                             f"at least one patch")
         if image_size % cfg.patch_size:
             raise ValueError(f"image_size={image_size} is not a multiple of patch_size={cfg.patch_size}")
         new_grid = image_size // cfg.patch_size
@@ -443,6 +491,8 @@ class VisionTransformer(nn.Module):
     def reset_classifier(self, num_classes: int) -> "VisionTransformer":
         """New, freshly initialised head(s) for `num_classes` classes (0: none)."""
         cfg = self.cfg
+        if not _is_int(num_classes) or num_classes < 0:
+            raise ValueError(f"num_classes={num_classes!r}; expected an integer >= 0 (0: no head)")
         cfg.num_classes = num_classes
         dev = self.cls_token.device if self.cls_token is not None else self.pos_embed.device
         width = cfg.pre_logits or cfg.dim
