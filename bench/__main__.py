@@ -3,6 +3,7 @@
     python -m bench all [--smoke] [--out DIR] [--dtypes ...]   limits, then every benchmark, then the targets
     python -m bench attention --sets vit                       one benchmark; options as python -m bench.attention
     python -m bench targets --update-readme
+    python -m bench cpu --cases infer-vit-ti-224                tinyvit vs timm/torchvision on CPU (bench/cpu.py)
 
 `all` measures the device limits once and shares them (and one results file) with every benchmark,
 writing the file after each one, so a failure late in the run keeps what came before.
@@ -21,6 +22,7 @@ COMMANDS = {
     "vit": "bench.vit",
     "finetune": "bench.finetune",
     "targets": "bench.targets",
+    "cpu": "bench.cpu",  # CPU ratios against timm/torchvision, rotated rounds (not part of `all`)
 }
 BENCHMARKS = ("attention", "layernorm", "vit", "finetune")  # what `all` runs, in this order
 

@@ -48,7 +48,10 @@ def _interpreter_on() -> bool:
 
 INTERPRETER = _interpreter_on()
 
-BACKENDS = ("auto", "triton", "torch")
+# "triton": the fused Triton kernels; "torch": PyTorch's own fused ops (F.scaled_dot_product_attention,
+# F.layer_norm), the fast path off the GPU; "reference": the plain formulas beside each kernel, to read and
+# to test against (never a default); "auto": Triton where it can run, PyTorch's fused ops otherwise.
+BACKENDS = ("auto", "triton", "torch", "reference")
 
 
 @triton.jit
@@ -86,16 +89,17 @@ def triton_unavailable(device: torch.device):
 
 
 def use_triton(backend: str, device: torch.device, unsupported) -> bool:
-    """Resolve `backend` for one call: True runs the Triton kernel, False the plain-PyTorch reference.
+    """Resolve `backend` for one call: True runs the Triton kernel, False a PyTorch path (the caller runs
+    PyTorch's fused op for "auto" and "torch", the plain reference for "reference").
 
     unsupported: a function of no arguments that says why the kernel cannot take these particular inputs
     (a message), or returns None.
     "auto" picks Triton on CUDA tensors (and on CPU tensors when the interpreter is on) whenever it can
-    take the inputs, and the reference otherwise; "triton" raises instead of falling back.
+    take the inputs, and PyTorch's fused op otherwise; "triton" raises instead of falling back.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; expected one of {BACKENDS}")
-    if backend == "torch":
+    if backend in ("torch", "reference"):
         return False
     environment = triton_unavailable(device)
     if backend == "auto":

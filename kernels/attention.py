@@ -36,6 +36,11 @@ no exp(−inf − (−inf)) = NaN can appear. Head dims that are not a power of 
 BLOCK_D = next_power_of_2(D) by masked loads: zero columns add nothing to Q Kᵀ, and padded output
 columns are not stored.
 
+Queries need not be as many as keys: Q is [B, H, N_q, D] and K, V are [B, H, N_k, D]. Nothing above
+couples the two lengths: forward programs own query rows and loop over keys, the key-block pass holds
+keys and loops over queries, the query-block pass the reverse. A ViT whose classifier reads only the
+class token runs its last block with N_q = 1 (DeiT distilled: 2) against N_k = 197 keys (vit.py).
+
 Precision. Statistics (m_i, l_i, L, δ) and accumulators are fp32 for every input dtype. With bf16/fp16
 inputs, P and dS are rounded to the input dtype before their matmuls (as in FA-2: the tensor cores take
 16-bit operands). With fp32 inputs every tl.dot runs with input_precision="ieee", so fp32 means fp32.
@@ -45,6 +50,7 @@ most visibly in the backward (evintunador/triton_docs_tutorials#6). There is no 
 DOT_PRECISION below to "tf32" (fastest) or "tf32x3" (close to fp32, three TF32 products per dot).
 """
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._dispatch import INTERPRETER, interpreter_bf16_dot_works, register_op, tl, triton, use_triton
@@ -56,11 +62,15 @@ from ._dispatch import wrap_triton
 
 
 def attention_reference(q: Tensor, k: Tensor, v: Tensor, scale=None) -> Tensor:
-    """softmax(q kᵀ · scale) v for q, k, v of shape [B, H, N, D], computed in (at least) fp32."""
+    """softmax(q kᵀ · scale) v for q [B, H, N_q, D], k, v [B, H, N_k, D], computed in (at least) fp32.
+
+    The plain formula, materialising the N_q x N_k scores: the test oracle and the first thing to read.
+    The model runs PyTorch's fused op (backend="torch") or the Triton kernels, never this.
+    """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     compute = torch.promote_types(q.dtype, torch.float32)  # fp64 stays fp64 (gradcheck)
-    s = (q.to(compute) @ k.to(compute).transpose(-2, -1)) * scale  # [B, H, N, N]
-    return (s.softmax(dim=-1) @ v.to(compute)).to(q.dtype)  # [B, H, N, D]
+    s = (q.to(compute) @ k.to(compute).transpose(-2, -1)) * scale  # [B, H, N_q, N_k]
+    return (s.softmax(dim=-1) @ v.to(compute)).to(q.dtype)  # [B, H, N_q, D]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,14 +84,15 @@ LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2
 
 @triton.jit
 def _attention_forward_kernel(
-    Q, K, V,  # [B, H, N, D] inputs, strides below
-    O,  # [B, H, N, D] output
-    LSE,  # [B, H, N] fp32 output, contiguous: log-sum-exp of each row of S (natural log)
+    Q,  # [B, H, N_Q, D] queries, strides below
+    K, V,  # [B, H, N_K, D] keys and values
+    O,  # [B, H, N_Q, D] output
+    LSE,  # [B, H, N_Q] fp32 output, contiguous: log-sum-exp of each row of S (natural log)
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
-    H, N,  # heads, tokens (any N >= 1)
+    H, N_Q, N_K,  # heads, query rows, keys (any N_Q, N_K >= 1; self-attention: N_Q = N_K = N)
     scale,  # softmax scale, usually D ** -0.5
     HEAD_DIM: tl.constexpr,  # D
     BLOCK_D: tl.constexpr,  # next power of two >= max(D, 16): tl.arange and tl.dot need it
@@ -96,12 +107,12 @@ def _attention_forward_kernel(
     K += off_b * stride_kb + off_h * stride_kh
     V += off_b * stride_vb + off_h * stride_vh
     O += off_b * stride_ob + off_h * stride_oh
-    LSE += (off_b * H + off_h) * N
+    LSE += (off_b * H + off_h) * N_Q
 
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < N
+    mask_m = offs_m < N_Q
     mask_d = offs_d < HEAD_DIM
     q_mask = mask_m[:, None] & mask_d[None, :]
     qk_scale = scale * LOG2E  # scores in base 2, for exp2
@@ -111,15 +122,15 @@ def _attention_forward_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s - m_i)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)  # running sum of exp2(s - m_i) v
 
-    for start_n in range(0, N, BLOCK_N):
+    for start_n in range(0, N_K, BLOCK_N):
         cols = start_n + offs_n
-        mask_n = cols < N
+        mask_n = cols < N_K
         kv_mask = mask_n[:, None] & mask_d[None, :]
         k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
         v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
 
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-        s = tl.where(mask_n[None, :], s, float("-inf"))  # keys past N: probability 0
+        s = tl.where(mask_n[None, :], s, float("-inf"))  # keys past N_K: probability 0
         m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: this block has a real key
         alpha = tl.exp2(m_i - m_new)  # rescales the sums made under the old max (0 on the first block)
         p = tl.exp2(s - m_new[:, None])
@@ -137,11 +148,11 @@ def _attention_forward_kernel(
 
 @triton.jit
 def _attention_backward_preprocess_kernel(
-    O, DO,  # [B, H, N, D]: the forward's output and its gradient, strides below
-    Delta,  # [B, H, N] fp32 output, contiguous: δ = rowsum(dO ∘ O)
+    O, DO,  # [B, H, N_Q, D]: the forward's output and its gradient, strides below
+    Delta,  # [B, H, N_Q] fp32 output, contiguous: δ = rowsum(dO ∘ O)
     stride_ob, stride_oh, stride_on, stride_od,
     stride_dob, stride_doh, stride_don, stride_dod,
-    H, N,
+    H, N_Q,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -150,11 +161,11 @@ def _attention_backward_preprocess_kernel(
     off_h = tl.program_id(1).to(tl.int64)
     O += off_b * stride_ob + off_h * stride_oh
     DO += off_b * stride_dob + off_h * stride_doh
-    Delta += (off_b * H + off_h) * N
+    Delta += (off_b * H + off_h) * N_Q
 
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < N
+    mask_m = offs_m < N_Q
     mask = mask_m[:, None] & (offs_d < HEAD_DIM)[None, :]
     o = tl.load(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, mask=mask, other=0.0)
     do = tl.load(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=mask, other=0.0)
@@ -163,16 +174,16 @@ def _attention_backward_preprocess_kernel(
 
 @triton.jit
 def _attention_backward_dkdv_kernel(
-    Q, K, V, DO,  # [B, H, N, D] inputs, strides below
-    LSE, Delta,  # [B, H, N] fp32, contiguous: from the forward and the preprocess kernel
-    DK, DV,  # [B, H, N, D] outputs
+    Q, K, V, DO,  # inputs: Q, DO [B, H, N_Q, D]; K, V [B, H, N_K, D]; strides below
+    LSE, Delta,  # [B, H, N_Q] fp32, contiguous: from the forward and the preprocess kernel
+    DK, DV,  # [B, H, N_K, D] outputs
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    H, N,
+    H, N_Q, N_K,
     scale,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -189,13 +200,13 @@ def _attention_backward_dkdv_kernel(
     DO += off_b * stride_dob + off_h * stride_doh
     DK += off_b * stride_dkb + off_h * stride_dkh
     DV += off_b * stride_dvb + off_h * stride_dvh
-    LSE += (off_b * H + off_h) * N
-    Delta += (off_b * H + off_h) * N
+    LSE += (off_b * H + off_h) * N_Q
+    Delta += (off_b * H + off_h) * N_Q
 
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_n = offs_n < N
+    mask_n = offs_n < N_K
     mask_d = offs_d < HEAD_DIM
     kv_mask = mask_n[:, None] & mask_d[None, :]
     qk_scale = scale * LOG2E
@@ -205,9 +216,9 @@ def _attention_backward_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    for start_m in range(0, N, BLOCK_M):
+    for start_m in range(0, N_Q, BLOCK_M):
         rows = start_m + offs_m
-        mask_m = rows < N
+        mask_m = rows < N_Q
         q_mask = mask_m[:, None] & mask_d[None, :]
         q = tl.load(Q + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
         do = tl.load(DO + rows[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
@@ -217,8 +228,8 @@ def _attention_backward_dkdv_kernel(
         # Work with Sᵀ ([BLOCK_N, BLOCK_M]) so Pᵀ and dSᵀ come out in the orientation the sums need.
         sT = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale
         pT = tl.exp2(sT - lse2[None, :])  # P recomputed from the saved log-sum-exp
-        # Query rows past N must add nothing (their zero dO and δ make it so already; this keeps it
-        # explicit). Keys past N get garbage rows of dK, dV here, which are never stored.
+        # Query rows past N_Q must add nothing (their zero dO and δ make it so already; this keeps it
+        # explicit). Keys past N_K get garbage rows of dK, dV here, which are never stored.
         pT = tl.where(mask_m[None, :], pT, 0.0)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
         dpT = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)  # (dO Vᵀ)ᵀ
@@ -234,15 +245,15 @@ def _attention_backward_dkdv_kernel(
 
 @triton.jit
 def _attention_backward_dq_kernel(
-    Q, K, V, DO,  # [B, H, N, D] inputs, strides below
-    LSE, Delta,  # [B, H, N] fp32, contiguous
-    DQ,  # [B, H, N, D] output
+    Q, K, V, DO,  # inputs: Q, DO [B, H, N_Q, D]; K, V [B, H, N_K, D]; strides below
+    LSE, Delta,  # [B, H, N_Q] fp32, contiguous
+    DQ,  # [B, H, N_Q, D] output
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
-    H, N,
+    H, N_Q, N_K,
     scale,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -258,13 +269,13 @@ def _attention_backward_dq_kernel(
     V += off_b * stride_vb + off_h * stride_vh
     DO += off_b * stride_dob + off_h * stride_doh
     DQ += off_b * stride_dqb + off_h * stride_dqh
-    LSE += (off_b * H + off_h) * N
-    Delta += (off_b * H + off_h) * N
+    LSE += (off_b * H + off_h) * N_Q
+    Delta += (off_b * H + off_h) * N_Q
 
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < N
+    mask_m = offs_m < N_Q
     mask_d = offs_d < HEAD_DIM
     q_mask = mask_m[:, None] & mask_d[None, :]
     qk_scale = scale * LOG2E
@@ -275,16 +286,16 @@ def _attention_backward_dq_kernel(
     delta = tl.load(Delta + offs_m, mask=mask_m, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    for start_n in range(0, N, BLOCK_N):
+    for start_n in range(0, N_K, BLOCK_N):
         cols = start_n + offs_n
-        mask_n = cols < N
+        mask_n = cols < N_K
         kv_mask = mask_n[:, None] & mask_d[None, :]
         k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
         v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
 
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
         p = tl.exp2(s - lse2[:, None])
-        # Keys past N load as zeros and so score 0, not -inf: give them probability 0. (Their rows of K
+        # Keys past N_K load as zeros and so score 0, not -inf: give them probability 0. (Their rows of K
         # are zero as well, so dQ would survive without this; dS should not have to rely on that.)
         p = tl.where(mask_n[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
@@ -312,9 +323,12 @@ def _unsupported(q: Tensor, k: Tensor, v: Tensor):
     """Why the kernels cannot take these inputs (a message naming the shapes), or None."""
     if q.dim() != 4:
         return f"expected q, k, v of shape [B, H, N, D], got q of shape {tuple(q.shape)}"
-    if not q.shape == k.shape == v.shape:
+    if k.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         shapes = ", ".join(str(tuple(x.shape)) for x in (q, k, v))
-        return f"q, k, v must share one shape [B, H, N, D]; got {shapes}"
+        return (
+            f"k and v must share one shape [B, H, N_k, D], and q be [B, H, N_q, D] with the same B, H, D "
+            f"(N_q may differ from N_k); got q, k, v of shapes {shapes}"
+        )
     D = q.shape[-1]
     if not 1 <= D <= MAX_HEAD_DIM:
         return (
@@ -325,8 +339,8 @@ def _unsupported(q: Tensor, k: Tensor, v: Tensor):
         return f"q, k, v must share one dtype among {DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}"
     if not q.device == k.device == v.device:
         return f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}"
-    if q.numel() == 0:
-        return f"empty input of shape {tuple(q.shape)}"
+    if q.numel() == 0 or k.numel() == 0:
+        return f"empty input: q of shape {tuple(q.shape)}, k of shape {tuple(k.shape)}"
     if q.dtype == torch.bfloat16 and INTERPRETER and not interpreter_bf16_dot_works():
         return "bf16 under the Triton interpreter, whose tl.dot is wrong for bf16 (triton-lang/triton#11584)"
     return None
@@ -379,19 +393,20 @@ def _empty_bhnd(x: Tensor) -> Tensor:
 
 @register_op("tinyvit::attention_forward")
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """Run the forward kernel: O [B, H, N, D] and the log-sum-exp L [B, H, N] (fp32, natural log)."""
+    """Run the forward kernel: O [B, H, N_q, D] and the log-sum-exp L [B, H, N_q] (fp32, natural log)."""
     reason = _unsupported(q, k, v)  # the operator can be called directly, without `attention`
     if reason is not None:
         raise ValueError(reason)
-    B, H, N, D = q.shape
+    B, H, N_q, D = q.shape
+    N_k = k.shape[2]
     o = _empty_bhnd(q)
-    lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+    lse = torch.empty((B, H, N_q), dtype=torch.float32, device=q.device)
     block_d = _block_d(D)
     block_m, block_n, num_warps, num_stages = _forward_config(block_d, q.dtype)
-    wrap_triton(_attention_forward_kernel)[(triton.cdiv(N, block_m), H, B)](
+    wrap_triton(_attention_forward_kernel)[(triton.cdiv(N_q, block_m), H, B)](
         q, k, v, o, lse,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        H, N, scale,
+        H, N_q, N_k, scale,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         INPUT_PRECISION=DOT_PRECISION, num_warps=num_warps, num_stages=num_stages,
     )
@@ -400,37 +415,38 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Te
 
 @attention_forward.register_fake
 def _(q, k, v, scale):
-    B, H, N, D = q.shape
-    return _empty_bhnd(q), q.new_empty((B, H, N), dtype=torch.float32)
+    B, H, N_q, D = q.shape
+    return _empty_bhnd(q), q.new_empty((B, H, N_q), dtype=torch.float32)
 
 
 @register_op("tinyvit::attention_backward")
 def attention_backward(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, scale: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the three backward kernels: dQ, dK, dV, each [B, H, N, D]. dO may have any strides (even 0)."""
-    B, H, N, D = q.shape
+    """Run the three backward kernels: dQ [B, H, N_q, D], dK and dV [B, H, N_k, D]. dO may have any strides (even 0)."""
+    B, H, N_q, D = q.shape
+    N_k = k.shape[2]
     dq, dk, dv = _empty_bhnd(q), _empty_bhnd(k), _empty_bhnd(v)
-    delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+    delta = torch.empty((B, H, N_q), dtype=torch.float32, device=q.device)
     block_d = _block_d(D)
     small, big, num_warps, num_stages = _backward_config(block_d, q.dtype)
-    blocks = triton.cdiv(N, big)
+    query_blocks, key_blocks = triton.cdiv(N_q, big), triton.cdiv(N_k, big)
 
-    wrap_triton(_attention_backward_preprocess_kernel)[(blocks, H, B)](
-        o, do, delta, *o.stride(), *do.stride(), H, N,
+    wrap_triton(_attention_backward_preprocess_kernel)[(query_blocks, H, B)](
+        o, do, delta, *o.stride(), *do.stride(), H, N_q,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=big,
     )
-    wrap_triton(_attention_backward_dkdv_kernel)[(blocks, H, B)](
+    wrap_triton(_attention_backward_dkdv_kernel)[(key_blocks, H, B)](
         q, k, v, do, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        H, N, scale,
+        H, N_q, N_k, scale,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=small, BLOCK_N=big,
         INPUT_PRECISION=DOT_PRECISION, num_warps=num_warps, num_stages=num_stages,
     )
-    wrap_triton(_attention_backward_dq_kernel)[(blocks, H, B)](
+    wrap_triton(_attention_backward_dq_kernel)[(query_blocks, H, B)](
         q, k, v, do, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-        H, N, scale,
+        H, N_q, N_k, scale,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=big, BLOCK_N=small,
         INPUT_PRECISION=DOT_PRECISION, num_warps=num_warps, num_stages=num_stages,
     )
@@ -480,16 +496,20 @@ attention_forward.register_autograd(AttentionFunction.backward, setup_context=At
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale=None, backend: str = "auto") -> Tensor:
-    """softmax(q kᵀ · scale) v for q, k, v of shape [B, H, N, D]; scale defaults to D ** -0.5.
+    """softmax(q kᵀ · scale) v for q [B, H, N_q, D] and k, v [B, H, N_k, D] (self-attention: N_q = N_k);
+    scale defaults to D ** -0.5.
 
-    backend: "triton" runs the fused kernels (any N >= 1, 1 <= D <= 256, fp16/bf16/fp32, any strides) and
-    raises if it cannot; "torch" runs `attention_reference`; "auto" runs the kernels on CUDA tensors (and
-    on CPU tensors under TRITON_INTERPRET=1) when they can take the inputs, the reference otherwise.
+    backend: "triton" runs the fused kernels (any N_q, N_k >= 1, 1 <= D <= 256, fp16/bf16/fp32, any
+    strides) and raises if it cannot; "torch" runs PyTorch's fused F.scaled_dot_product_attention;
+    "reference" runs `attention_reference`; "auto" runs the kernels on CUDA tensors (and on CPU tensors
+    under TRITON_INTERPRET=1) when they can take the inputs, F.scaled_dot_product_attention otherwise.
     """
     if use_triton(backend, q.device, lambda: _unsupported(q, k, v)):
         o, _ = AttentionFunction.apply(q, k, v, q.shape[-1] ** -0.5 if scale is None else float(scale))
         return o
-    return attention_reference(q, k, v, scale)
+    if backend == "reference":
+        return attention_reference(q, k, v, scale)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 class FusedAttention(nn.Module):

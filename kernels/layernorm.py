@@ -275,8 +275,9 @@ def layer_norm(x: Tensor, weight, bias, eps: float = 1e-6, backend: str = "auto"
     """LayerNorm of x ([..., N]) over its last dimension; weight, bias: [N] or None (ones, zeros).
 
     backend: "triton" runs the kernels (fp16/bf16/fp32, 1 <= N <= 8192, any leading shape and strides)
-    and raises if it cannot; "torch" runs `layer_norm_reference`; "auto" runs the kernels on CUDA tensors
-    (and on CPU tensors under TRITON_INTERPRET=1) when they can take the inputs, the reference otherwise.
+    and raises if it cannot; "torch" runs PyTorch's fused F.layer_norm; "reference" runs
+    `layer_norm_reference`; "auto" runs the kernels on CUDA tensors (and on CPU tensors under
+    TRITON_INTERPRET=1) when they can take the inputs, F.layer_norm otherwise.
     """
     if use_triton(backend, x.device, lambda: _unsupported(x, weight, bias)):
         N = x.shape[-1]
@@ -284,7 +285,9 @@ def layer_norm(x: Tensor, weight, bias, eps: float = 1e-6, backend: str = "auto"
         bias = x.new_zeros(N) if bias is None else bias
         y, _, _ = LayerNormFunction.apply(x, weight, bias, float(eps))
         return y
-    return layer_norm_reference(x, weight, bias, eps)
+    if backend == "reference":
+        return layer_norm_reference(x, weight, bias, eps)
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)  # fp32 statistics inside for 16-bit x too
 
 
 class LayerNorm(nn.Module):

@@ -178,7 +178,9 @@ def test_kernels_option_switches_every_module():
     assert all(m.kernels == "torch" for m in model.modules() if hasattr(m, "kernels") and m is not model)
     model.set_kernels("auto")
     assert model.blocks[0].attn.kernels == "auto" and model.norm.kernels == "auto"
-    with pytest.raises(ValueError, match="expected 'auto', 'triton' or 'torch'"):
+    model.set_kernels("reference")
+    assert model.blocks[0].attn.kernels == "reference" and model.norm.kernels == "reference"
+    with pytest.raises(ValueError, match="expected 'auto', 'triton', 'torch' or 'reference'"):
         model.set_kernels("cuda")
 
 

@@ -124,9 +124,11 @@ class Split(nn.Module):
             return x  # nothing frozen: the "features" are the images
         if self.is_vit:
             x = m.embed(x)  # [b, n, d]
-            for blk in m.blocks[:k]:
-                x = blk(x)
-            return x
+            if k == len(m.blocks) and m.head_tokens is not None:
+                # --unfreeze head: every block is frozen and only the class (and distillation) token
+                # of the last one is read, so that block runs for them alone: [b, head_tokens, d].
+                return m.blocks[-1](m.run_blocks(x, 0, k - 1), num_queries=m.head_tokens)
+            return m.run_blocks(x, 0, k)
         x = m.stem(x)  # [b, 64, H/4, W/4]
         for stage in m.stages[:k]:
             x = stage(x)
@@ -137,9 +139,7 @@ class Split(nn.Module):
         if k is None:
             out = m(x)
         elif self.is_vit:
-            for blk in m.blocks[k:]:
-                x = blk(x)
-            out = m.forward_head(m.norm(x))
+            out = m.forward_head(m.forward_from(x, k))  # the last block for the head's tokens only
         else:
             for stage in m.stages[k:]:
                 x = stage(x)
@@ -171,11 +171,25 @@ class Split(nn.Module):
     def describe(self) -> str:
         trainable, total = count_parameters(self.model)
         frozen = self.frozen_groups()
-        return (
+        text = (
             f"unfreeze {self.mode}: {trainable:,} of {total:,} parameters train ({100 * trainable / total:.1f}%)\n"
             f"  trainable: {', '.join(self.trainable_groups())}\n"
             f"  frozen (eval mode): {', '.join(frozen) if frozen else 'nothing'}"
         )
+        if self.is_vit and self.frozen_depth is not None:
+            text += "\n  " + self.describe_flops()
+        return text
+
+    def describe_flops(self) -> str:
+        """The trained part's forward FLOPs per image (ViT), as run and as a full last block would cost."""
+        from tinyvit.flops import format_flops, suffix_flops
+
+        run = suffix_flops(self.model, self.frozen_depth)
+        full = suffix_flops(self.model, self.frozen_depth, reduced_last_block=False)
+        note = ""
+        if run != full:
+            note = f" (the last block for the head's tokens only; {format_flops(full)} with every token, {full / run:.1f}x)"
+        return f"trained part: {format_flops(run)} forward per image{note}"
 
 
 def apply(model: nn.Module, mode: Union[str, int]) -> Split:

@@ -10,8 +10,16 @@ norm, head, and DeiT's dist_token/head_dist), so a timm state dict loads with no
 the other official layouts (Google .npz, Hugging Face, torchvision) map through short tables in
 `tinyvit/convert.py`.
 
-Attention and LayerNorm go through `tinyvit.kernels` (fused Triton kernels on CUDA, the plain
-PyTorch references elsewhere); `ViTConfig.kernels` chooses.
+Attention and LayerNorm go through `tinyvit.kernels` (fused Triton kernels on CUDA, PyTorch's fused
+F.scaled_dot_product_attention and F.layer_norm elsewhere, the plain formulas on request);
+`ViTConfig.kernels` chooses.
+
+With class-token pooling the classifier reads token 0 of the final norm (DeiT distilled: tokens 0
+and 1), so `forward` runs the last block for those tokens only: they attend to the keys and values
+of every token, but queries, attention output, projection, norm2, the MLP and the final norm are
+computed for the prefix tokens alone. It is the same arithmetic, not an approximation; at ViT-B/16
+the last block costs about 6x fewer FLOPs (tinyvit/flops.py). `forward_features` still returns
+every token.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tinyvit.kernels import attention, layer_norm
 
@@ -38,6 +47,8 @@ def _check_int(cfg, name: str, minimum: int) -> None:
     if not _is_int(value) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{type(cfg).__name__}.{name}={value!r}; expected {what}")
+
+KERNELS = ("auto", "triton", "torch", "reference")
 
 
 @dataclass
@@ -64,7 +75,9 @@ class ViTConfig:
     dropout: float = 0.0  # after the position embedding, in the MLP and after the attention projection
     attn_dropout: float = 0.0  # on the attention probabilities (forces the PyTorch attention path)
     drop_path: float = 0.0  # stochastic depth, linearly increasing to this rate in the last block
-    kernels: str = "auto"  # "auto": Triton kernels on CUDA, PyTorch elsewhere; "triton": always; "torch": never
+    # "auto": Triton kernels on CUDA, PyTorch's fused ops elsewhere; "triton": always; "torch": never;
+    # "reference": the plain formulas of tinyvit.kernels (slow, for reading and testing)
+    kernels: str = "auto"
 
     def __post_init__(self):
         # Sizes first, by field name: a zero patch would divide by zero below, a zero image size or
@@ -95,7 +108,7 @@ class ViTConfig:
             ("pos_embed", ("learned", "sincos")),
             ("pool", ("cls", "mean")),
             ("act", ("gelu", "gelu_tanh")),
-            ("kernels", ("auto", "triton", "torch")),
+            ("kernels", KERNELS),
         ]:
             if getattr(self, field) not in allowed:
                 raise ValueError(f"ViTConfig.{field}={getattr(self, field)!r}; expected one of {allowed}")
@@ -135,11 +148,11 @@ def check_input_dtype(x: torch.Tensor, param: torch.Tensor) -> None:
 def _backend(x: torch.Tensor, kernels: str) -> str:
     """Which implementation tinyvit.kernels should run for this tensor.
 
-    "auto" means Triton only for CUDA tensors: on CPU the model uses the PyTorch references even
+    "auto" means Triton only for CUDA tensors: on CPU the model uses PyTorch's fused ops even
     when TRITON_INTERPRET=1 is set for the kernel tests, because the interpreter is slow.
     """
-    if kernels == "triton":
-        return "triton"
+    if kernels in ("triton", "reference"):
+        return kernels
     if kernels == "auto" and x.is_cuda:
         return "auto"  # tinyvit.kernels picks Triton where it supports the dtype and shape
     return "torch"
@@ -264,14 +277,25 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.proj_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        qkv = self.qkv(x)  # [b, n, 3 d]
-        # Views into qkv, no copy: the fused kernel reads them through their strides.
-        q, k, v = rearrange(qkv, "b n (three h dh) -> three b h n dh", three=3, h=self.num_heads)
+    def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: Optional[int] = None):
+        """x [b, n, d] -> [b, n, d]; with num_queries = m, only the first m tokens ask: -> [b, m, d]."""
+        if num_queries is None:
+            qkv = self.qkv(x)  # [b, n, 3 d]
+            # Views into qkv, no copy: the fused kernel reads them through their strides.
+            q, k, v = rearrange(qkv, "b n (three h dh) -> three b h n dh", three=3, h=self.num_heads)
+        else:
+            # The rows [q; k; v] of the one qkv weight, used apart: keys and values for every token,
+            # queries for the first m only. Slices of the parameter, so gradients reach qkv as usual.
+            d = x.shape[-1]
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :num_queries], w[:d], None if bias is None else bias[:d])  # [b, m, d]
+            kv = F.linear(x, w[d:], None if bias is None else bias[d:])  # [b, n, 2 d]
+            q = rearrange(q, "b m (h dh) -> b h m dh", h=self.num_heads)
+            k, v = rearrange(kv, "b n (two h dh) -> two b h n dh", two=2, h=self.num_heads)
         if return_attention or (self.training and self.attn_drop.p > 0):
             # The explicit path: a fused kernel never materialises the n x n probabilities, so
             # attention maps (and dropout on them) need the plain computation.
-            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # [b, h, n, n]
+            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # [b, h, m or n, n]
             out = self.attn_drop(attn) @ v
         else:
             attn = None
@@ -319,11 +343,21 @@ class Block(nn.Module):
         self.mlp = Mlp(cfg)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: Optional[int] = None):
+        """x [b, n, d] -> [b, n, d]. num_queries = m: only the first m tokens come out, [b, m, d].
+
+        Every token is still a key and a value for them; what is per-token after the attention
+        (residual, norm2, MLP) runs for those m alone. The model uses it in its last block, whose
+        other tokens no classifier reads.
+        """
         if return_attention:
             a, attn = self.attn(self.norm1(x), return_attention=True)
             x = x + self.drop_path(a)
             return x + self.drop_path(self.mlp(self.norm2(x))), attn
+        if num_queries is not None:
+            a = self.attn(self.norm1(x), num_queries=num_queries)  # [b, m, d]
+            x = x[:, :num_queries] + self.drop_path(a)
+            return x + self.drop_path(self.mlp(self.norm2(x)))
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -364,6 +398,7 @@ class VisionTransformer(nn.Module):
         if cfg.distilled:
             self.head_dist = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.preprocess = None  # set by create_model / load_pretrained: how the weights expect images
+        self.grad_checkpointing = False  # set_grad_checkpointing
         self.reset_parameters()
         self.set_kernels(cfg.kernels)
 
@@ -416,9 +451,38 @@ class VisionTransformer(nn.Module):
         x = torch.cat(prefix + [x], dim=1)  # [b, prefix + gh*gw, d]: [cls, dist, patches]
         return self.pos_drop(x + self.pos_embed.to(x.dtype))
 
+    def run_blocks(self, x: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+        """Tokens through blocks[start:stop], every token kept. With set_grad_checkpointing, in training
+        with autograd on, each block's activations are recomputed in the backward instead of stored."""
+        for blk in self.blocks[start:stop]:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+    @property
+    def head_tokens(self) -> Optional[int]:
+        """How many leading tokens of the final norm the head reads (class, distillation), or None
+        when it reads every token (mean pooling)."""
+        return self.num_prefix_tokens if self.cfg.pool == "cls" else None
+
+    def forward_from(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Tokens entering blocks[start] [b, n, d] -> the normalised tokens the head reads.
+
+        With class-token pooling that is [b, head_tokens, d]: the last block runs for those queries
+        only (Block.forward, num_queries). The same numbers as forward_features(x)[:, :head_tokens]
+        within fp32 rounding, gradients included. start = depth: x is already the last block's output.
+        """
+        depth = len(self.blocks)
+        if start >= depth:
+            return self.norm(x)
+        x = self.run_blocks(x, start, depth - 1)
+        return self.norm(self.blocks[-1](x, num_queries=self.head_tokens))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> normalised tokens [b, n, d]."""
-        return self.norm(self.blocks(self.embed(x)))
+        """Images -> normalised tokens [b, n, d] (every token)."""
+        return self.norm(self.run_blocks(self.embed(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Normalised tokens [b, n, d] -> logits [b, classes] (pre_logits=True: the pooled features).
@@ -443,7 +507,8 @@ class VisionTransformer(nn.Module):
         return (logits + logits_dist) / 2
 
     def forward(self, x: torch.Tensor):
-        return self.forward_head(self.forward_features(x))
+        # forward_features, but the last block computes only the tokens the head reads.
+        return self.forward_head(self.forward_from(self.embed(x)))
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -458,13 +523,24 @@ class VisionTransformer(nn.Module):
     # -- switches -----------------------------------------------------------------------------
 
     def set_kernels(self, mode: str) -> "VisionTransformer":
-        """"auto" (Triton on CUDA), "triton" (always) or "torch" (the PyTorch references)."""
-        if mode not in ("auto", "triton", "torch"):
-            raise ValueError(f"kernels={mode!r}; expected 'auto', 'triton' or 'torch'")
+        """"auto" (Triton on CUDA), "triton" (always), "torch" (PyTorch's fused ops) or "reference"
+        (the plain formulas of tinyvit.kernels)."""
+        if mode not in KERNELS:
+            raise ValueError(f"kernels={mode!r}; expected 'auto', 'triton', 'torch' or 'reference'")
         self.cfg.kernels = mode
         for m in self.modules():
             if isinstance(m, (LayerNorm, Attention)):
                 m.kernels = mode
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> "VisionTransformer":
+        """Recompute each block's activations in the backward instead of keeping them (timm's name).
+
+        Training memory for the blocks falls from all their intermediate activations to one [b, n, d]
+        input per block, for about one more forward of compute (torch.utils.checkpoint, non-reentrant).
+        Only in training with autograd on; eval and inference are unchanged.
+        """
+        self.grad_checkpointing = bool(enable)
         return self
 
     def set_image_size(self, image_size: int) -> "VisionTransformer":

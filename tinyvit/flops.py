@@ -1,0 +1,154 @@
+"""Forward FLOPs per image, counted from shapes: a ViT by formula, any model by hooks.
+
+Convention: one multiply-add is 2 FLOPs, and only matrix products count: linear layers, convolutions,
+and attention's two products (scores q kᵀ and the weighted sum P v). Norms, softmax, GELU and the
+residual additions are O(n · d) per block against O(n · d²) and left out (under 1% at ViT sizes).
+So ViT-B/16 at 224 px is 35.1 GFLOPs here; timm, fvcore and the DeiT paper quote 17.6 "GFLOPs", which
+are multiply-adds (halve the numbers here to compare). A training step costs about 3x the forward
+(the backward computes two products per forward product) for the trained part.
+
+One transformer block with n_q query tokens attending over n_k tokens (self-attention: n_q = n_k = n):
+
+    q projection        2 · n_q · d²            attention scores   2 · n_q · n_k · d
+    k, v projections    2 · 2 · n_k · d²        weighted sum       2 · n_q · n_k · d
+    output projection   2 · n_q · d²            MLP                2 · 2 · n_q · d · mlp_dim
+
+With class-token pooling the last block needs n_q = 1 (DeiT distilled: 2) against n_k = 197 at ViT-B/16:
+the k, v projections stay, everything else shrinks by ~197x, and the block costs ~6x less
+(tinyvit/vit.py, `VisionTransformer.forward_from`).
+
+    block_flops(n_q, n_k, dim, mlp_dim)     one block
+    vit_flops(cfg, image_size=None)         a whole ViT forward, as `forward` runs it (reduced last block)
+    suffix_flops(model, start)              blocks[start:] + final norm + head: what `--unfreeze` trains
+    model_flops(model, image_size=None)     any tinyvit ViT (the formula) or other model (hooks on Conv2d
+                                            and Linear, e.g. the ResNet): forward FLOPs per image
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+def block_flops(n_q: int, n_k: int, dim: int, mlp_dim: int) -> int:
+    """Matmul FLOPs of one pre-norm transformer block: n_q queries over n_k keys/values, width dim."""
+    projections = 2 * n_q * dim * dim + 2 * 2 * n_k * dim * dim + 2 * n_q * dim * dim  # q; k, v; out
+    attention = 2 * 2 * n_q * n_k * dim  # q kᵀ and P v, summed over heads (h · dh = dim)
+    mlp = 2 * 2 * n_q * dim * mlp_dim
+    return projections + attention + mlp
+
+
+def _head_flops(cfg) -> int:
+    """The classifier(s) on the pooled features: pre_logits, head, DeiT's head_dist."""
+    flops = 0
+    width = cfg.dim
+    if cfg.pre_logits:
+        flops += 2 * cfg.dim * cfg.pre_logits
+        width = cfg.pre_logits
+    if cfg.num_classes > 0:
+        flops += 2 * width * cfg.num_classes
+        if cfg.distilled:
+            flops += 2 * cfg.dim * cfg.num_classes
+    return flops
+
+
+def _head_tokens(cfg) -> Optional[int]:
+    return cfg.num_prefix_tokens if cfg.pool == "cls" else None
+
+
+def vit_flops(cfg, image_size: Optional[int] = None, reduced_last_block: bool = True) -> int:
+    """Forward FLOPs per image of a ViT with config `cfg` (a ViTConfig) at `image_size` (default: cfg's).
+
+    reduced_last_block: count the last block as `forward` runs it with class-token pooling (queries for
+    the head's tokens only); False counts `forward_features` + `forward_head` (every token).
+    """
+    size = cfg.image_size if image_size is None else image_size
+    patches = (size // cfg.patch_size) ** 2
+    n = cfg.num_prefix_tokens + patches
+    embed = 2 * patches * (cfg.patch_size**2 * cfg.in_channels) * cfg.dim
+    m = _head_tokens(cfg) if reduced_last_block else None
+    last = block_flops(m or n, n, cfg.dim, cfg.mlp_dim)
+    return embed + (cfg.depth - 1) * block_flops(n, n, cfg.dim, cfg.mlp_dim) + last + _head_flops(cfg)
+
+
+def suffix_flops(model: nn.Module, start: int, image_size: Optional[int] = None, reduced_last_block: bool = True) -> int:
+    """Forward FLOPs per image of a tinyvit ViT from blocks[start] on: the blocks, the head(s).
+
+    With `--unfreeze last` (start = depth - 1) that is the trained part of a step. start = depth (head
+    only): just the classifier.
+    """
+    cfg = model.cfg
+    size = cfg.image_size if image_size is None else image_size
+    n = cfg.num_prefix_tokens + (size // cfg.patch_size) ** 2
+    depth = cfg.depth
+    flops = _head_flops(cfg)
+    if start < depth:
+        m = _head_tokens(cfg) if reduced_last_block else None
+        flops += (depth - 1 - start) * block_flops(n, n, cfg.dim, cfg.mlp_dim)
+        flops += block_flops(m or n, n, cfg.dim, cfg.mlp_dim)
+    return flops
+
+
+@torch.no_grad()
+def hooked_flops(model: nn.Module, images: torch.Tensor, forward=None) -> int:
+    """FLOPs per image of the Conv2d and Linear modules that one forward over `images` runs (hooks).
+
+    Counts what the modules see, nothing else: attention products, or a linear map applied through
+    F.linear on a weight slice, are invisible to it. forward: what to call (default: model itself).
+    """
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:  # nn.Linear
+            per_output = module.in_features
+        total += 2 * output.numel() * per_output
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        (forward or model)(images)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total // images.shape[0]
+
+
+def model_flops(model: nn.Module, image_size: Optional[int] = None) -> int:
+    """Forward FLOPs per image of `model` on square images of `image_size` px (default: the model's).
+
+    A tinyvit VisionTransformer is counted by `vit_flops` (as its `forward` runs: reduced last block
+    with class-token pooling). Anything else (the ResNet, a model with new modules) runs one forward on
+    a zero image and counts its Conv2d and Linear modules by hooks (`hooked_flops`); that needs
+    image_size, or a `cfg.image_size` on the model, and sees no attention products.
+    """
+    from tinyvit.vit import VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        return vit_flops(model.cfg, image_size)
+    cfg = getattr(model, "cfg", None)
+    size = image_size or getattr(cfg, "image_size", None)
+    if size is None:
+        raise ValueError(f"model_flops: give image_size for a {type(model).__name__} (it has no cfg.image_size)")
+    channels = getattr(cfg, "in_channels", 3)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return hooked_flops(model, torch.zeros(1, channels, size, size, device=device))
+
+
+def resnet_flops(model: nn.Module, image_size: int = 224) -> int:
+    """Forward FLOPs per image of a ResNet (convolutions and fc, by hooks): ResNet-50 at 224 is 8.2 G."""
+    return model_flops(model, image_size)
+
+
+def format_flops(flops: float) -> str:
+    """1.23 GFLOPs, 45.6 MFLOPs, ..."""
+    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops:.0f} FLOPs"
