@@ -369,6 +369,7 @@ TIMM = [
     ("blocks.{i}.mlp.fc1.{wb}",                        "blocks.{i}.mlp.fc1.{wb}",         same),
     ("blocks.{i}.mlp.fc2.{wb}",                        "blocks.{i}.mlp.fc2.{wb}",         same),
     ("norm.{wb}",                                      "norm.{wb}",                       same),
+    ("fc_norm.{wb}",                                   "fc_norm.{wb}",                    same),  # pool, then norm
     ("pre_logits.fc.{wb}",                             "pre_logits.{wb}",                 same),  # old timm in21k
     ("pre_logits.{wb}",                                "pre_logits.{wb}",                 same),  # tinyvit
     ("head.{wb}",                                      "head.{wb}",                       same),
@@ -585,7 +586,9 @@ def infer_vit_config(state: dict, path: Path) -> dict:
         mlp_dim=state["blocks.0.mlp.fc1.weight"].shape[0],
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         class_token="cls_token" in state,
-        pool="cls" if "cls_token" in state else "mean",
+        # timm's fc_norm (the LayerNorm after pooling) comes with global_pool='avg'
+        pool="cls" if "cls_token" in state and "fc_norm.weight" not in state else "mean",
+        fc_norm="fc_norm.weight" in state,
         distilled="dist_token" in state,
         pre_logits=state["pre_logits.weight"].shape[0] if "pre_logits.weight" in state else None,
     )
@@ -676,6 +679,27 @@ def _hf_numerics(ckpt: Checkpoint) -> dict:
     return out
 
 
+def _timm_numerics(ckpt: Checkpoint) -> dict:
+    """Pooling and activation from a timm hub config.json (`model_args`, or the top-level
+    `global_pool`): what the shapes cannot tell, e.g. global_pool='avg' without fc_norm."""
+    cfg, where = ckpt.config or {}, ckpt.path.parent / "config.json"
+    args = cfg.get("model_args") if isinstance(cfg.get("model_args"), dict) else {}
+    out = {}
+    pool = args.get("global_pool", cfg.get("global_pool"))
+    if pool is not None:
+        pools = {"token": "cls", "avg": "mean"}
+        if pool not in pools:
+            raise CheckpointError(f"{where}: global_pool={pool!r}; tinyvit supports 'token' and 'avg'")
+        out["pool"] = pools[pool]
+    act = args.get("act_layer")
+    if act is not None:
+        acts = {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}
+        if act not in acts:
+            raise CheckpointError(f"{where}: model_args.act_layer={act!r}; tinyvit supports {sorted(acts)}")
+        out["act"] = acts[act]
+    return out
+
+
 def _check_preset(arch: str, config: dict, name: str, path: Path, overrides: dict) -> None:
     """With `name`, the file must hold that preset's architecture, as changed by the caller's
     overrides (the head may differ)."""
@@ -738,9 +762,11 @@ def preprocess_from_timm(cfg: dict) -> Preprocess:
     """timm's pretrained_cfg: resize the short side to floor(size / crop_pct), centre-crop size."""
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     crop_pct = float(cfg.get("crop_pct", 0.875))
+    # crop_mode 'squash' at crop_pct 1: straight to the square, no crop (as tinyvit.export writes it)
+    squash = cfg.get("crop_mode") == "squash" and crop_pct == 1.0
     return Preprocess(
         size, cfg.get("mean", HALF), cfg.get("std", HALF), cfg.get("interpolation", "bicubic"),
-        math.floor(size / crop_pct),
+        None if squash else math.floor(size / crop_pct),
     )
 
 
@@ -912,6 +938,8 @@ def load_pretrained(
             config["num_heads"] = resolve_num_heads(ckpt, config["dim"], num_heads, name)
             if ckpt.family == "hf":
                 config.update(_hf_numerics(ckpt))
+            elif ckpt.family == "timm":
+                config.update(_timm_numerics(ckpt))
         preprocess = choose_preprocess(ckpt, config, name)
     if name is not None:
         given = dict(overrides, **({"num_heads": num_heads} if num_heads is not None else {}))

@@ -6,7 +6,7 @@ with only its last transformer block, or last convolutional stage, and a new cla
 `apply(model, mode)` sets that up:
 
     mode     ViT                                              ResNet
-    head     norm + head (+ head_dist, pre_logits)            fc
+    head     norm + head (+ fc_norm, head_dist, pre_logits)   fc
     last     blocks[-1] + the head group                      layer4 + fc
     N        blocks[-N:] + the head group                     the last N of layer1..layer4 + fc
     all      everything, patch embedding and tokens too       everything, the stem too
@@ -67,8 +67,8 @@ def _head_group(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if isinstance(model, ResNet):
         return [("fc", model.fc)]
     group = [("norm", model.norm)]
-    for name in ("pre_logits", "head", "head_dist"):
-        if getattr(model, name) is not None:
+    for name in ("fc_norm", "pre_logits", "head", "head_dist"):
+        if getattr(model, name, None) is not None:
             group.append((name, getattr(model, name)))
     return group
 

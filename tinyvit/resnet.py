@@ -176,6 +176,45 @@ class ResNet(nn.Module):
             self.fc = nn.Linear(self.num_features, num_classes, device=dev)
         return self
 
+    # -- timm's model interface ---------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices=None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """timm's feature maps by index: 0 the stem (after conv1, bn1, relu; before the max-pool),
+        1..4 the stages. indices: None all five, an int n the last n, a list those. `norm` is
+        accepted for timm's signature; a ResNet has no final norm to apply."""
+        from tinyvit.vit import _take_indices
+
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}; a ResNet's feature maps are 'NCHW'")
+        take = _take_indices(5, indices)
+        self.check_input(x)
+        x = self.relu(self.bn1(self.conv1(x)))
+        intermediates = [x] if 0 in take else []
+        x = self.maxpool(x)
+        stages = self.stages[: max(take)] if stop_early else self.stages
+        for i, stage in enumerate(stages, start=1):
+            x = stage(x)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
     def save_pretrained(self, directory) -> None:
         """Write model.safetensors + config.json (architecture and preprocessing)."""
         from tinyvit.convert import save_pretrained

@@ -66,6 +66,10 @@ class ViTConfig:
     pos_embed: str = "learned"  # "learned" or "sincos" (fixed 2-D sin-cos, not a parameter)
     class_token: bool = True
     pool: str = "cls"  # "cls" (the class token) or "mean" (mean of the patch tokens)
+    # Where the final LayerNorm sits. False: normalise every token, then pool (the paper, big_vision).
+    # True: pool, then normalise the pooled vector (timm's `fc_norm`, global_pool='avg', as MAE's
+    # fine-tuning does); `norm` is then the identity and the LayerNorm is `fc_norm`, as in timm.
+    fc_norm: bool = False
     distilled: bool = False  # DeiT: a distillation token and a second head
     pre_logits: Optional[int] = None  # Google in21k files: Linear(dim, pre_logits) + tanh before the head
     # Every official ViT trained with 1e-6 (the flax default). HF config.json files say 1e-12; the
@@ -116,6 +120,8 @@ class ViTConfig:
             raise ValueError("pool='cls' needs class_token=True; use pool='mean' without a class token")
         if self.distilled and not self.class_token:
             raise ValueError("distilled=True (DeiT) needs class_token=True")
+        if self.fc_norm and self.distilled:
+            raise ValueError("fc_norm=True with distilled=True: the DeiT heads read the normalised tokens")
         if self.pos_embed == "sincos" and self.dim % 4:
             raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got dim={self.dim}")
 
@@ -367,6 +373,26 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def _take_indices(n: int, indices) -> list[int]:
+    """timm's feature_take_indices: None -> all n, an int k -> the last k, a list -> those
+    (negative counts from the end); sorted, as the blocks produce them."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"indices={indices}: the last-n count must be 1 to {n} (the number of blocks)")
+        return list(range(n - indices, n))
+    take = []
+    for i in indices:
+        j = n + i if i < 0 else i
+        if not 0 <= j < n:
+            raise ValueError(f"indices: block {i} is out of range for {n} blocks")
+        take.append(j)
+    if not take:
+        raise ValueError("indices: an empty list; name at least one block")
+    return sorted(set(take))
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: Optional[ViTConfig] = None, **kwargs):
         super().__init__()
@@ -389,7 +415,8 @@ class VisionTransformer(nn.Module):
         # Stochastic depth rising linearly from 0 in the first block to drop_path in the last (DeiT).
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*[Block(cfg, drop_path=r) for r in rates])
-        self.norm = LayerNorm(d, eps=cfg.norm_eps)
+        self.norm = nn.Identity() if cfg.fc_norm else LayerNorm(d, eps=cfg.norm_eps)
+        self.fc_norm = LayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else None
 
         width = cfg.pre_logits or d
         self.pre_logits = nn.Linear(d, cfg.pre_logits) if cfg.pre_logits else None
@@ -481,23 +508,27 @@ class VisionTransformer(nn.Module):
         return self.norm(self.blocks[-1](x, num_queries=self.head_tokens))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> normalised tokens [b, n, d] (every token)."""
+        """Images -> tokens [b, n, d], every token (normalised; with fc_norm not yet, as timm)."""
         return self.norm(self.run_blocks(self.embed(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
-        """Normalised tokens [b, n, d] -> logits [b, classes] (pre_logits=True: the pooled features).
+        """Tokens [b, n, d] from forward_features -> logits [b, classes] (pre_logits=True: the
+        pooled features, the input of the head).
 
         DeiT distilled: in training, both heads' logits (class token, distillation token); in
-        eval, their mean, as the DeiT paper evaluates.
+        eval, their mean, as the DeiT paper evaluates. Its pooled features are the mean of the
+        two tokens, as timm's (what the heads average when they are the identity).
         """
         if self.cfg.pool == "mean":
             feats = x[:, self.num_prefix_tokens:].mean(dim=1)
         else:
             feats = x[:, 0]
+        if self.fc_norm is not None:
+            feats = self.fc_norm(feats)
         if self.pre_logits is not None:
             feats = torch.tanh(self.pre_logits(feats))
         if pre_logits:
-            return feats
+            return feats if self.head_dist is None else (feats + x[:, 1]) / 2
         logits = self.head(feats)
         if self.head_dist is None:
             return logits
@@ -564,11 +595,21 @@ class VisionTransformer(nn.Module):
             self.preprocess = self.preprocess.with_image_size(image_size)
         return self
 
-    def reset_classifier(self, num_classes: int) -> "VisionTransformer":
-        """New, freshly initialised head(s) for `num_classes` classes (0: none)."""
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> "VisionTransformer":
+        """New, freshly initialised head(s) for `num_classes` classes (0: none); global_pool, as
+        in timm: 'token' (pool='cls') or 'avg' (pool='mean') changes the pooling too."""
         cfg = self.cfg
         if not _is_int(num_classes) or num_classes < 0:
             raise ValueError(f"num_classes={num_classes!r}; expected an integer >= 0 (0: no head)")
+        if global_pool is not None:
+            pools = {"token": "cls", "avg": "mean"}
+            if global_pool not in pools:
+                raise ValueError(f"global_pool={global_pool!r}; expected 'token' or 'avg'")
+            if global_pool == "token" and not cfg.class_token:
+                raise ValueError("global_pool='token' needs a class token; this model has none")
+            if global_pool == "avg" and cfg.distilled:
+                raise ValueError("global_pool='avg' on a distilled DeiT: its heads read the class and distillation tokens")
+            cfg.pool = pools[global_pool]
         cfg.num_classes = num_classes
         dev = self.cls_token.device if self.cls_token is not None else self.pos_embed.device
         width = cfg.pre_logits or cfg.dim
@@ -585,6 +626,62 @@ class VisionTransformer(nn.Module):
         if self.head_dist is not None:
             self.head_dist = new_head(cfg.dim)
         return self
+
+    # -- timm's model interface (what its users reach for first) -----------------------------
+
+    @property
+    def num_features(self) -> int:
+        """Width of the tokens forward_features returns (timm's num_features)."""
+        return self.cfg.dim
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def get_classifier(self):
+        """The head; for a distilled DeiT (head, head_dist), as timm returns them."""
+        return self.head if self.head_dist is None else (self.head, self.head_dist)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices=None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """The tokens after chosen blocks, timm's feature-extraction call with its semantics.
+
+        indices: None, every block; an int n, the last n blocks; a list, those blocks (negative
+        from the end), returned in block order. norm: pass each through the final `norm`.
+        output_fmt: "NCHW" patch tokens as a map [b, d, gh, gw], or "NLC" [b, gh*gw, d]; the
+        prefix tokens [b, prefix, d] come along as (tokens, prefix) pairs with return_prefix_tokens.
+        Returns (forward_features(x), intermediates), or only the list with intermediates_only;
+        stop_early skips the blocks after the last one asked for (the first item then comes from there).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'")
+        take = _take_indices(len(self.blocks), indices)
+        x = self.embed(x)
+        blocks = self.blocks[: max(take) + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            x = blk(x)
+            if i in take:
+                intermediates.append(self.norm(x) if norm else x)
+        p = self.num_prefix_tokens
+        prefix = [y[:, :p] for y in intermediates]
+        intermediates = [y[:, p:] for y in intermediates]
+        if output_fmt == "NCHW":
+            g = self.cfg.grid_size
+            intermediates = [rearrange(y, "b (gh gw) d -> b d gh gw", gh=g).contiguous() for y in intermediates]
+        if return_prefix_tokens and p:
+            intermediates = list(zip(intermediates, prefix))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
 
     def save_pretrained(self, directory) -> None:
         """Write model.safetensors + config.json (architecture and preprocessing)."""
