@@ -284,6 +284,21 @@ class Subset(Dataset):
         return self.base[self.indices[i]]
 
 
+class Repeat(Dataset):
+    """`times` passes over `base` as one dataset: item i is base[i % len(base)]."""
+
+    def __init__(self, base: Dataset, times: int):
+        self.base, self.times = base, times
+
+    def __len__(self) -> int:
+        return len(self.base) * self.times
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.base[i % len(self.base)]
+
+
 def limit(dataset: Dataset, n: Optional[int], seed: int) -> Dataset:
     """A fixed random subset of n items (all classes represented, unlike the first n of a sorted folder)."""
     if n is None or n >= len(dataset):

@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyvit import data, freeze
+from tinyvit import data, freeze, recipe
 from tinyvit.atomic import write_atomic
 from tinyvit.evaluate import AMP_CHOICES, Tally, amp_dtype, autocast, evaluate, per_class_accuracy, resolve_device
 from tinyvit.presets import PRESETS, build_model, create_model
@@ -120,6 +120,16 @@ class Config:
     override: list = field(default_factory=list)  # ["depth=2", "dim=64", ...]: config fields of --model
     keep_head: bool = False
     progress: bool = True
+    data_seed: Optional[int] = None  # which images --limit-train picks (None: --seed); tinyvit.study nests sizes with it
+    repeat_train: int = 1  # passes over the training images per epoch (small subsets: one validation per K passes)
+    # The from-scratch recipe (tinyvit/recipe.py); --recipe scratch fills in those not given.
+    recipe: str = "none"
+    randaugment: bool = False
+    trivialaugment: bool = False
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    random_erasing: float = 0.0
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -171,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change a ViTConfig/ResNetConfig field of --model, e.g. --override depth=2,dim=64 (repeatable)")
     p.add_argument("--keep-head", action="store_true", help="keep a checkpoint's head when its class count matches")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--data-seed", type=int, help="seed of the --limit-train/--limit-val subsets (default: --seed)")
+    p.add_argument("--repeat-train", type=int, metavar="K", help="an epoch passes K times over the training images (default: 1)")
+    recipe.add_arguments(p)
     return p
 
 
@@ -184,7 +197,7 @@ def _unfreeze_arg(text: str) -> str:
 def parse_args(argv=None) -> tuple[Config, set]:
     """(config, the names of the flags given on the command line)."""
     given = vars(build_parser().parse_args(argv))
-    return Config(**given), set(given)
+    return recipe.apply_bundle(Config(**given), set(given)), set(given)
 
 
 def parse_overrides(items: list, model: str) -> dict:
@@ -544,9 +557,13 @@ class Trainer:
         random.seed(cfg.seed)
         self.splits = data.load_splits(
             cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None,
-            seed=cfg.seed, limit_train=cfg.limit_train, limit_val=cfg.limit_val,
+            seed=cfg.seed if cfg.data_seed is None else cfg.data_seed, limit_train=cfg.limit_train, limit_val=cfg.limit_val,
         )
         self.classes = self.splits.classes
+        if cfg.repeat_train < 1:
+            raise ValueError(f"--repeat-train {cfg.repeat_train} must be at least 1")
+        if cfg.repeat_train > 1:  # each repeat draws its own augmentation: the sample keys differ
+            self.splits.train = data.Repeat(self.splits.train, cfg.repeat_train)
         if len(self.splits.train) == 0 or len(self.splits.val) == 0:
             raise data.DatasetError(f"{cfg.dataset}: {len(self.splits.train)} training and {len(self.splits.val)} validation images")
 
@@ -565,6 +582,10 @@ class Trainer:
 
         self.train_tf, self.eval_tf = data.transforms(self.preprocess, self.splits.low_res, cfg.augment,
                                                       source_size=self.splits.source_size, flip=self.splits.flip)
+        self.recipe = recipe.Recipe.from_config(cfg)
+        if self.recipe.augments_images:
+            self.train_tf = self.recipe.train_transform(self.preprocess, self.splits.low_res, self.splits.source_size, self.splits.flip)
+        self.mix = self.recipe.batch_transform(len(self.classes))  # MixUp/CutMix: soft targets, or None
         self.cache_train, self.cache_val = self._cache_plan()
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built
 
@@ -706,10 +727,13 @@ class Trainer:
         with self.bar(sum(map(len, todo)) * self.dist.world, f"epoch {epoch}/{cfg.epochs} train") as bar:
             for b, (inputs, labels) in enumerate(self.batches("train", todo, epoch), start=start):
                 inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                targets = labels  # [b] class indices, or [b, classes] soft targets after MixUp/CutMix
+                if self.mix is not None:
+                    inputs, targets = self.mix(inputs, labels)
                 with autocast(self.device, self.dtype):
                     features = inputs if cached else self.split.prefix(inputs)
                     logits = self.ddp(features)
-                    loss = F.cross_entropy(logits.float(), labels)
+                    loss = self.recipe.loss(logits, targets)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -754,7 +778,7 @@ class Trainer:
                  f"{len(self.splits.val):,} val images at {self.preprocess.image_size} px, {len(self.classes)} classes; "
                  f"AdamW lr {self.lr:g} wd {cfg.weight_decay:g}, batch {cfg.batch_size}"
                  f"{f' ({self.dist.world} x {self.batch})' if self.dist.world > 1 else ''}, {self.steps_per_epoch} steps/epoch, "
-                 f"warm-up {self.warmup} steps, amp {str(self.dtype)[6:] if self.dtype else 'off'}, {self.device}")
+                 f"warm-up {self.warmup} steps, recipe: {self.recipe.describe()}, amp {str(self.dtype)[6:] if self.dtype else 'off'}, {self.device}")
         if not self.dist.main:
             print(f"[rank {self.dist.rank}/{self.dist.world}] {self.device}: {self.batch} images per step, "
                   f"{self.steps_per_epoch} steps per epoch", flush=True)
