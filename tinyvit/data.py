@@ -5,6 +5,9 @@ Every dataset here yields (PIL image, label), so one set of transforms serves al
     cifar10, cifar100   torchvision's CIFAR classes, downloaded into --data-dir when missing
     imagefolder         DIR/train/<class>/*.jpg and DIR/val/<class>/... (or DIR/test/...)
     synthetic           generated 32x32 images with learnable structure, for offline runs
+    digits              scikit-learn's bundled 8x8 handwritten digits (1,797 real scans, offline)
+    mnist, fashion-mnist torchvision's classes, 28x28 grayscale, downloaded into --data-dir when missing
+    hf:NAME_OR_PATH     a Hugging Face `datasets` dataset: a hub name or a save_to_disk folder
 
 The transforms come from the checkpoint (`model.preprocess`: mean/std, resolution, interpolation),
 because mixing them up is the most common cause of poor transfer (USERS.md 1.1, 1.2):
@@ -34,8 +37,12 @@ from torch.utils.data import Dataset
 
 from tinyvit.preprocess import Preprocess
 
-DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
-LOW_RES = ("cifar10", "cifar100", "synthetic")  # 32-pixel sources: upsampled to the model's square
+DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic", "digits", "mnist", "fashion-mnist")  # and hf:NAME
+LOW_RES = ("cifar10", "cifar100", "synthetic", "digits", "mnist", "fashion-mnist")  # upsampled to the model's square
+# Sources whose mirror image is another thing or nothing (a mirrored 3 is not a digit): no flips.
+NO_FLIP = ("digits", "mnist")
+SOURCE_SIZE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # a low-res source's side, when not CIFAR's 32
+HF_PREFIX = "hf:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -246,6 +253,181 @@ class Synthetic(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------
+# Digits: scikit-learn's bundled handwritten digits, real images with no download.
+# ---------------------------------------------------------------------------------------------
+
+DIGITS_VAL = 450  # images held out for validation (25% of 1,797), stratified, random_state=0
+
+
+class ArrayImages(Dataset):
+    """Grayscale images held as a uint8 array [N, H, W] (0..255) with integer labels; yields
+    (3-channel PIL image, label) like every other source here."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str], source: dict):
+        self.images, self.labels, self.classes, self.source = images, labels, classes, source
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return Image.fromarray(self.images[i]).convert("RGB"), int(self.labels[i])
+
+    def fingerprint(self) -> dict:
+        """What identifies these images: where they come from and a hash of the pixels and labels."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(np.asarray(self.labels, dtype=np.int64).tobytes())
+        return {**self.source, "images": len(self.labels), "sha256": h.hexdigest()}
+
+
+def digits() -> tuple[ArrayImages, ArrayImages, list[str]]:
+    """sklearn.datasets.load_digits (UCI optical recognition of handwritten digits: 1,797 8x8 scans,
+    values 0..16, classes 0-9), shipped inside scikit-learn, so it works offline.
+
+    The split is fixed and stratified: train_test_split(X, y, test_size=450, random_state=0,
+    stratify=y) gives 1,347 training and 450 validation images, the same on every machine.
+    Pixels are scaled 0..16 -> 0..255 (round(v * 255 / 16)).
+    """
+    try:
+        import sklearn
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise DatasetError("--dataset digits needs scikit-learn: pip install 'tinyvit[data]'") from None
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)  # [1797, 8, 8]
+    labels = bunch.target.astype(np.int64)
+    x_train, x_val, y_train, y_val = train_test_split(
+        images, labels, test_size=DIGITS_VAL, random_state=0, stratify=labels
+    )
+    classes = [str(c) for c in range(10)]
+    source = {"dataset": "digits", "sklearn": sklearn.__version__,
+              "split": f"train_test_split(test_size={DIGITS_VAL}, random_state=0, stratify=y)"}
+    return (ArrayImages(x_train, y_train, classes, {**source, "part": "train"}),
+            ArrayImages(x_val, y_val, classes, {**source, "part": "val"}), classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST and Fashion-MNIST through torchvision.
+# ---------------------------------------------------------------------------------------------
+
+
+class ToRGB(Dataset):
+    """A grayscale source as 3-channel images (the models' stem takes 3 channels, as pretrained ones do)."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return image.convert("RGB"), int(label)
+
+
+def mnist(name: str, root: Path):
+    """torchvision's MNIST / FashionMNIST in `root` (root/MNIST/raw/, root/FashionMNIST/raw/: the
+    four IDX files, .gz or not), downloaded (md5-checked by torchvision) when missing."""
+    from torchvision import datasets
+
+    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    root = Path(root)
+    try:
+        train = cls(str(root), train=True, download=True)
+        val = cls(str(root), train=False, download=True)
+    except Exception as e:  # no network (URLError), a corrupt or truncated file ...
+        files = ", ".join(Path(url).name for url, _ in cls.resources)
+        raise DatasetError(
+            f"{name} is not usable in {root} ({type(e).__name__}: {e}). Offline, put {files} "
+            f"into {root / cls.__name__ / 'raw'}"
+        ) from e
+    return ToRGB(train), ToRGB(val), list(train.classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face datasets: a hub name (load_dataset) or a folder written by save_to_disk.
+# ---------------------------------------------------------------------------------------------
+
+HF_IMAGE_COLUMNS = ("img", "image")
+HF_LABEL_COLUMNS = ("label", "labels", "fine_label")
+HF_VAL_SPLITS = ("validation", "valid", "val", "test")
+
+
+class HFImages(Dataset):
+    """One split of a `datasets.Dataset`: (RGB PIL image, label) from its image and label columns."""
+
+    def __init__(self, split, image_column: str, label_column: str, description: str):
+        self.split, self.image_column, self.label_column = split, image_column, label_column
+        self.description = description
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        row = self.split[int(i)]
+        image = row[self.image_column]
+        if not isinstance(image, Image.Image):  # an undecoded Image feature, or an array
+            image = Image.fromarray(np.asarray(image))
+        return image.convert("RGB"), int(row[self.label_column])
+
+    def fingerprint(self) -> dict:
+        return {"dataset": self.description, "rows": len(self.split), "fingerprint": self.split._fingerprint}
+
+
+def _pick(columns: list[str], wanted: tuple, what: str, where: str) -> str:
+    found = next((c for c in wanted if c in columns), None)
+    if found is None:
+        raise DatasetError(f"{where}: no {what} column (looked for {', '.join(wanted)}; it has {', '.join(columns)})")
+    return found
+
+
+def hugging_face(source: str, cache_dir: Optional[Path] = None):
+    """`hf:NAME_OR_PATH`: a folder written by `DatasetDict.save_to_disk` (load_from_disk), else a
+    hub name (load_dataset, downloaded into the Hugging Face cache). Splits 'train' and the first of
+    'validation', 'valid', 'val', 'test'; image column 'img' or 'image', label column 'label',
+    'labels' or 'fine_label'; class names from the label's ClassLabel feature."""
+    try:
+        import datasets as hf
+    except ImportError:
+        raise DatasetError(f"--dataset {HF_PREFIX}{source} needs Hugging Face datasets: pip install 'tinyvit[data]'") from None
+    where = f"--dataset {HF_PREFIX}{source}"
+    try:
+        if Path(source).exists():
+            loaded = hf.load_from_disk(source)
+        else:
+            loaded = hf.load_dataset(source)
+    except Exception as e:  # offline, no such dataset, a folder that is not a saved dataset ...
+        raise DatasetError(f"{where}: cannot load it ({type(e).__name__}: {e})") from e
+    if not isinstance(loaded, hf.DatasetDict):
+        raise DatasetError(f"{where}: a single split without names; expected a DatasetDict with 'train' and "
+                           f"'validation' or 'test' (save one with DatasetDict(train=..., test=...).save_to_disk)")
+    names = list(loaded)
+    if "train" not in loaded:
+        raise DatasetError(f"{where}: no 'train' split (it has {', '.join(names)})")
+    val_name = next((n for n in HF_VAL_SPLITS if n in loaded), None)
+    if val_name is None:
+        raise DatasetError(f"{where}: no validation split (looked for {', '.join(HF_VAL_SPLITS)}; it has {', '.join(names)})")
+    train = loaded["train"]
+    columns = list(train.column_names)
+    image_column = _pick(columns, HF_IMAGE_COLUMNS, "image", where)
+    label_column = _pick(columns, HF_LABEL_COLUMNS, "label", where)
+    feature = train.features[label_column]
+    if isinstance(feature, hf.ClassLabel):
+        classes = list(feature.names)
+    else:  # plain integers: name the classes by their numbers
+        classes = [str(c) for c in range(max(train[label_column]) + 1)]
+    missing = [c for c in (image_column, label_column) if c not in loaded[val_name].column_names]
+    if missing:
+        raise DatasetError(f"{where}: the {val_name!r} split has no {', '.join(missing)} column")
+    description = f"{HF_PREFIX}{source}"
+    return (HFImages(train, image_column, label_column, description + ":train"),
+            HFImages(loaded[val_name], image_column, label_column, f"{description}:{val_name}"), classes)
+
+
+# ---------------------------------------------------------------------------------------------
 # One entry point, and subsets.
 # ---------------------------------------------------------------------------------------------
 
@@ -256,6 +438,8 @@ class Splits:
     val: Dataset
     classes: list[str]
     low_res: bool  # a 32-pixel source, upsampled straight to the model's square
+    source_size: int = 32  # a low-res source's image side (CIFAR 32, digits 8): its augmentation crops at it
+    flip: bool = True  # horizontal flips are a valid augmentation (not for digits: see NO_FLIP)
 
 
 class Subset(Dataset):
@@ -267,6 +451,21 @@ class Subset(Dataset):
 
     def __getitem__(self, i: int):
         return self.base[self.indices[i]]
+
+
+class Repeat(Dataset):
+    """`times` passes over `base` as one dataset: item i is base[i % len(base)]."""
+
+    def __init__(self, base: Dataset, times: int):
+        self.base, self.times = base, times
+
+    def __len__(self) -> int:
+        return len(self.base) * self.times
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.base[i % len(self.base)]
 
 
 def limit(dataset: Dataset, n: Optional[int], seed: int) -> Dataset:
@@ -296,14 +495,27 @@ def load_splits(
         if data_dir is None:
             raise DatasetError(f"--dataset {name} needs --data-dir (where the dataset is, or is downloaded to)")
         train, val, classes = cifar(name, data_dir)
+    elif name == "digits":
+        train, val, classes = digits()
+    elif name in ("mnist", "fashion-mnist"):
+        if data_dir is None:
+            raise DatasetError(f"--dataset {name} needs --data-dir (where the dataset is, or is downloaded to)")
+        train, val, classes = mnist(name, data_dir)
+    elif name.startswith(HF_PREFIX):
+        train, val, classes = hugging_face(name[len(HF_PREFIX):])
+        side = min(train[0][0].size) if len(train) else 224
+        if side <= 64:  # CIFAR-sized images: upsampled and shifted like CIFAR
+            return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), classes, True,
+                          source_size=side, flip=True)
     elif name == "imagefolder":
         if data_dir is None:
             raise DatasetError("--dataset imagefolder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/")
         train, val, classes = image_folder(data_dir)
     else:
-        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} or {HF_PREFIX}NAME_OR_PATH")
     # The subset draws depend on the split, so limit_train == limit_val does not pick the same positions.
-    return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), list(classes), name in LOW_RES)
+    return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), list(classes), name in LOW_RES,
+                  source_size=SOURCE_SIZE.get(name, 32), flip=name not in NO_FLIP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,8 +529,10 @@ def eval_preprocess(preprocess: Preprocess, low_res: bool) -> Preprocess:
     return replace(preprocess, resize_size=None) if low_res else preprocess
 
 
-def transforms(preprocess: Preprocess, low_res: bool, augment: bool) -> tuple[Callable, Callable]:
-    """(train transform, eval transform): PIL image -> normalised tensor [3, S, S]."""
+def transforms(preprocess: Preprocess, low_res: bool, augment: bool, *, source_size: int = 32,
+               flip: bool = True) -> tuple[Callable, Callable]:
+    """(train transform, eval transform): PIL image -> normalised tensor [3, S, S]. A low-res source
+    of side `source_size` is shifted by up to an eighth of it (CIFAR: 4 pixels), flipped if `flip`."""
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 
@@ -331,8 +545,8 @@ def transforms(preprocess: Preprocess, low_res: bool, augment: bool) -> tuple[Ca
     s = pre.image_size
     train_tf = T.Compose([
         # The CIFAR augmentation (He et al. 2016, sec. 4.2), at the source's 32 pixels ...
-        T.RandomCrop(32, padding=4, padding_mode="reflect"),
-        T.RandomHorizontalFlip(),
+        T.RandomCrop(source_size, padding=max(1, source_size // 8), padding_mode="reflect"),
+        *([T.RandomHorizontalFlip()] if flip else []),
         # ... then the same upsampling as evaluation.
         T.Resize((s, s), interpolation=InterpolationMode(pre.interpolation), antialias=True),
         T.ToTensor(),

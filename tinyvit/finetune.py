@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyvit import data, freeze, rundir
+from tinyvit import data, freeze, recipe, rundir
 from tinyvit.atomic import write_atomic
 from tinyvit.evaluate import AMP_CHOICES, Tally, amp_dtype, autocast, evaluate, per_class_accuracy, resolve_device
 from tinyvit.presets import PRESETS, build_model, create_model
@@ -123,6 +123,16 @@ class Config:
     override: list = field(default_factory=list)  # ["depth=2", "dim=64", ...]: config fields of --model
     keep_head: bool = False
     progress: bool = True
+    data_seed: Optional[int] = None  # which images --limit-train picks (None: --seed); tinyvit.study nests sizes with it
+    repeat_train: int = 1  # passes over the training images per epoch (small subsets: one validation per K passes)
+    # The from-scratch recipe (tinyvit/recipe.py); --recipe scratch fills in those not given.
+    recipe: str = "none"
+    randaugment: bool = False
+    trivialaugment: bool = False
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    random_erasing: float = 0.0
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -150,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", choices=list(PRESETS), metavar="PRESET", help=f"a preset of tinyvit.PRESETS (default: {d.model})")
     p.add_argument("--weights", help="official (default: the preset's published weights), none (random init), or a checkpoint path")
-    p.add_argument("--dataset", choices=data.DATASETS, help=f"default: {d.dataset}")
+    p.add_argument("--dataset", type=_dataset_arg, help=f"{', '.join(data.DATASETS)} or hf:NAME_OR_PATH (default: {d.dataset})")
     p.add_argument("--data-dir", help=f"dataset location; CIFAR downloads here when missing (default: {d.data_dir})")
     p.add_argument("--image-size", type=int, help="training resolution (default: the checkpoint's); CIFAR is upsampled to it")
     p.add_argument("--unfreeze", type=_unfreeze_arg, help="head | last (default) | all | N: the last N blocks/stages train")
@@ -177,7 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change a ViTConfig/ResNetConfig field of --model, e.g. --override depth=2,dim=64 (repeatable)")
     p.add_argument("--keep-head", action="store_true", help="keep a checkpoint's head when its class count matches")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--data-seed", type=int, help="seed of the --limit-train/--limit-val subsets (default: --seed)")
+    p.add_argument("--repeat-train", type=int, metavar="K", help="an epoch passes K times over the training images (default: 1)")
+    recipe.add_arguments(p)
     return p
+
+
+def _dataset_arg(text: str) -> str:
+    if text in data.DATASETS or (text.startswith(data.HF_PREFIX) and len(text) > len(data.HF_PREFIX)):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(data.DATASETS)} or hf:NAME_OR_PATH")
 
 
 def _unfreeze_arg(text: str) -> str:
@@ -190,7 +209,7 @@ def _unfreeze_arg(text: str) -> str:
 def parse_args(argv=None) -> tuple[Config, set]:
     """(config, the names of the flags given on the command line)."""
     given = vars(build_parser().parse_args(argv))
-    return Config(**given), set(given)
+    return recipe.apply_bundle(Config(**given), set(given)), set(given)
 
 
 def parse_overrides(items: list, model: str) -> dict:
@@ -611,9 +630,13 @@ class Trainer:
         random.seed(cfg.seed)
         self.splits = data.load_splits(
             cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None,
-            seed=cfg.seed, limit_train=cfg.limit_train, limit_val=cfg.limit_val,
+            seed=cfg.seed if cfg.data_seed is None else cfg.data_seed, limit_train=cfg.limit_train, limit_val=cfg.limit_val,
         )
         self.classes = self.splits.classes
+        if cfg.repeat_train < 1:
+            raise ValueError(f"--repeat-train {cfg.repeat_train} must be at least 1")
+        if cfg.repeat_train > 1:  # each repeat draws its own augmentation: the sample keys differ
+            self.splits.train = data.Repeat(self.splits.train, cfg.repeat_train)
         if len(self.splits.train) == 0 or len(self.splits.val) == 0:
             raise data.DatasetError(f"{cfg.dataset}: {len(self.splits.train)} training and {len(self.splits.val)} validation images")
 
@@ -630,7 +653,12 @@ class Trainer:
         self.split = freeze.apply(self.model, cfg.unfreeze)
         self.prefix_frozen = self.split.frozen_depth is not None
 
-        self.train_tf, self.eval_tf = data.transforms(self.preprocess, self.splits.low_res, cfg.augment)
+        self.train_tf, self.eval_tf = data.transforms(self.preprocess, self.splits.low_res, cfg.augment,
+                                                      source_size=self.splits.source_size, flip=self.splits.flip)
+        self.recipe = recipe.Recipe.from_config(cfg)
+        if self.recipe.augments_images:
+            self.train_tf = self.recipe.train_transform(self.preprocess, self.splits.low_res, self.splits.source_size, self.splits.flip)
+        self.mix = self.recipe.batch_transform(len(self.classes))  # MixUp/CutMix: soft targets, or None
         self.cache_train, self.cache_val = self._cache_plan()
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built
 
@@ -785,10 +813,13 @@ class Trainer:
         with self.bar(sum(map(len, todo)) * self.dist.world, f"epoch {epoch}/{cfg.epochs} train") as bar:
             for b, (inputs, labels) in enumerate(self.batches("train", todo, epoch), start=start):
                 inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                targets = labels  # [b] class indices, or [b, classes] soft targets after MixUp/CutMix
+                if self.mix is not None:
+                    inputs, targets = self.mix(inputs, labels)
                 with autocast(self.device, self.dtype):
                     features = inputs if cached else self.split.prefix(inputs)
                     logits = self.ddp(features)
-                    loss = F.cross_entropy(logits.float(), labels)
+                    loss = self.recipe.loss(logits, targets)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -833,7 +864,7 @@ class Trainer:
                  f"{len(self.splits.val):,} val images at {self.preprocess.image_size} px, {len(self.classes)} classes; "
                  f"AdamW lr {self.lr:g} wd {cfg.weight_decay:g}, batch {cfg.batch_size}"
                  f"{f' ({self.dist.world} x {self.batch})' if self.dist.world > 1 else ''}, {self.steps_per_epoch} steps/epoch, "
-                 f"warm-up {self.warmup} steps, amp {str(self.dtype)[6:] if self.dtype else 'off'}, {self.device}")
+                 f"warm-up {self.warmup} steps, recipe: {self.recipe.describe()}, amp {str(self.dtype)[6:] if self.dtype else 'off'}, {self.device}")
         if self.merged_single:
             self.log(f"note: the last training batch of each epoch would hold a single image (per process), which "
                      f"BatchNorm cannot train on; it joins the batch before ({self.steps_per_epoch} steps/epoch)")

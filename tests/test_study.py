@@ -1,0 +1,96 @@
+"""tinyvit.study: a tiny grid on the digits (2 runs of 1 epoch at tiny sizes), results.csv, skipping
+finished runs, nested subsets, the step budget and the FLOPs counter."""
+import csv
+import json
+
+import pytest
+import torch
+
+from tinyvit import data, study
+
+TINY_VIT = "vit=vit_tiny_patch16_224 --image-size 8 --override patch_size=2,dim=16,depth=1,num_heads=2,mlp_dim=32"
+COMMON = ["--", "--dataset", "digits", "--weights", "none", "--unfreeze", "all", "--lr", "1e-3", "--batch-size", "16",
+          "--limit-val", "32", "--num-workers", "0", "--epochs", "1"]
+
+
+def test_tiny_study_writes_results_and_skips_finished_runs(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["--out", str(out), "--models", TINY_VIT, "--train-sizes", "20", "40", "--seeds", "0", *COMMON]
+    assert study.main(args) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["model"], r["train_size"], r["seed"]) for r in rows] == [("vit", "20", "0"), ("vit", "40", "0")]
+    for r in rows:
+        assert 0 <= float(r["final_val_acc"]) <= 1 and float(r["best_val_acc"]) >= float(r["final_val_acc"])
+        assert int(r["params"]) > 1000 and int(r["flops_per_image"]) > 0 and float(r["seconds"]) > 0
+    # The budget: the full split (1,347 at batch 16) is 85 steps per epoch; 20 images repeat 67 times
+    # per epoch, 40 images 33 times, so each run makes about 85 steps.
+    assert [int(r["steps"]) for r in rows] == [84, 83] and [int(r["passes"]) for r in rows] == [67, 33]
+    summary = json.loads((out / rows[0]["run"] / "summary.json").read_text())
+    assert summary["config"]["limit_train"] == 20 and summary["config"]["repeat_train"] == 67
+    assert (out / "results.md").read_text().count("\n") == 4 and (out / "scaling.png").stat().st_size > 5000
+    first = capsys.readouterr().out
+    assert "[2/2]" in first
+
+    # Again: nothing runs, the same rows come back.
+    mtime = (out / rows[0]["run"] / "summary.json").stat().st_mtime
+    assert study.main(args) == 0
+    assert "2 of 2 runs already finished" in capsys.readouterr().out
+    assert (out / rows[0]["run"] / "summary.json").stat().st_mtime == mtime
+    assert list(csv.DictReader((out / "results.csv").open())) == rows
+
+
+def test_subsets_are_nested_and_shared_across_seeds():
+    train = data.load_splits("digits").train
+    small, large = data.limit(train, 50, seed=0), data.limit(train, 200, seed=0)
+    assert set(small.indices) < set(large.indices)
+    assert data.limit(train, 50, seed=1).indices != small.indices  # another data seed: another draw
+
+
+def test_plan_grid_and_budget(tmp_path):
+    models = [study.parse_model("resnet18"), study.parse_model(TINY_VIT)]
+    assert models[1].label == "vit" and models[1].preset == "vit_tiny_patch16_224" and "--image-size" in models[1].flags
+    grid = study.parse_grid(["patch_size=2,4", "layers=[1,1,1,1],[2,2,2,2]"])
+    assert grid == {"patch_size": ["2", "4"], "layers": ["[1,1,1,1]", "[2,2,2,2]"]}
+    runs = study.plan(models, [100, 1000], {"depth": ["1", "2"]}, [0, 1], full=1000, batch=100, steps=None,
+                      epochs=3, same_epochs=False, data_seed=7, out=tmp_path, passthrough=["--dataset", "digits"])
+    assert len(runs) == 2 * 2 * 2 * 2 and len({r.out for r in runs}) == 16
+    assert {r.steps for r in runs} == {30}  # 3 epochs of the full split, whatever the size
+    small = next(r for r in runs if r.size == 100)
+    assert small.repeat == 10 and small.epochs == 3 and small.passes == 30
+    assert "--limit-train" in small.argv and "--data-seed" in small.argv and small.argv[small.argv.index("--data-seed") + 1] == "7"
+    assert "--limit-train" not in next(r for r in runs if r.size == 1000).argv
+    same = study.plan(models[:1], [100], {}, [0], 1000, 100, None, 3, True, 0, tmp_path, [])
+    assert same[0].epochs == 3 and same[0].steps == 3
+    assert study.parse_size("0.25", 1347) == 337 and study.parse_size("200", 1347) == 200
+    for bad in ("0", "2000", "1.5", "x"):
+        with pytest.raises(ValueError, match="--train-sizes"):
+            study.parse_size(bad, 1347)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "resnet18", "--", "--dataset", "digits", "--seed", "3"], "--seed: the study sets"),
+    (["--models", "resnet18", "--override", "depth=2", "--", "--dataset", "digits"], "--override"),
+    (["--models", "resnet18", "--override", "depth", "--", "--dataset", "digits"], "expected KEY=V1,V2"),
+    (["--models", "resnet18", "--train-sizes", "5000", "--", "--dataset", "digits"], "1,347 images"),
+])
+def test_bad_studies_are_one_line_errors(tmp_path, args, message):
+    with pytest.raises(SystemExit) as e:
+        study.main(["--out", str(tmp_path / "s"), *args])
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_flops_counter_counts_convs_linears_and_attention():
+    from tinyvit import create_model
+
+    vit = create_model("vit_tiny_patch16_224", num_classes=10, image_size=8, patch_size=2, dim=16, depth=1,
+                       num_heads=2, mlp_dim=32)
+    n, d = 17, 16  # 16 patches + class token
+    expected = (2 * 16 * 3 * 2 * 2 * d  # patch embedding: a conv with a 2x2x3 kernel at 16 positions
+                + 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d  # qkv, QK^T and AV, proj
+                + 2 * n * d * 32 * 2  # the MLP
+                + 2 * d * 10)  # the head, on the class token
+    assert study._flops_per_image(vit) == expected
+    resnet = create_model("resnet18", num_classes=1000)
+    assert abs(study._flops_per_image(resnet) / 1e9 - 3.64) < 0.05  # 1.82 GMACs at 224 px, the usual table
+    assert not any(m._forward_hooks for m in resnet.modules())

@@ -1,0 +1,528 @@
+"""`python -m tinyvit.study`: a grid of tinyvit.finetune runs, gathered into one table and one plot.
+
+Two studies the ViT literature is built on, each one command:
+
+- **Data scaling** (Dosovitskiy et al. 2021, fig. 3 and 4): the same models trained on growing
+  subsets of one training set. A CNN's built-in assumptions (locality, translation equivariance)
+  are worth most when data is scarce; a ViT has to learn them, so it should close the gap, or
+  overtake, as the set grows. `--train-sizes 0.125 0.25 0.5 1` and a log-x plot of accuracy.
+- **Architecture sweeps**: a from-scratch ViT's patch size, depth, heads, patch embedding (linear
+  or conv) and positions (learned or sin-cos): `--override patch_size=2,4 pos_embed=learned,sincos`
+  and grouped bars.
+
+    python -m tinyvit.study --out runs/digits-scaling --models resnet18 \\
+        'vit=vit_tiny_patch16_224 --image-size 16 --override patch_size=4,dim=64,depth=6,num_heads=4,mlp_dim=256' \\
+        --train-sizes 0.125 0.25 0.5 1 --seeds 0 1 --steps 300 -- --dataset digits --recipe scratch
+
+A model is a preset name, or `LABEL=PRESET FLAGS...`: that model's own tinyvit.finetune flags.
+Everything after the study's own flags (optionally behind `--`) goes to every run unchanged.
+
+How the runs are made comparable:
+- **Nested subsets.** Every run draws its training images with the same data seed (`--data-seed`,
+  passed to finetune): a fixed permutation of the training split whose first n images are the
+  subset of size n (tinyvit.data.limit), so a larger subset contains every smaller one and all
+  training seeds see the same images. `--seeds` vary initialisation, order and augmentation.
+- **A fixed budget of optimizer steps.** With the same number of epochs, 10% of the data gets 10%
+  of the updates and the curve would measure training length, not data (a small ViT on 10% of the
+  digits with 30 epochs: 90 steps, 17%). So every run gets the same number of steps (`--steps`,
+  default: --epochs x the full split's steps per epoch), and a smaller subset makes more passes
+  over its images. Passes are grouped by `--repeat-train` so that one epoch, and one validation,
+  covers about as many images as an epoch of the full split. `--same-epochs` turns this off.
+  Steps, epochs and passes are recorded per run.
+
+Every run lives in its own folder under --out; a finished one (summary.json) is skipped, an
+interrupted one resumed (`--resume`), so the same command continues a study after Ctrl-C. At the
+end: results.csv (one row per run), results.md (mean ± std over seeds) and scaling.png (accuracy
+against training-set size, one line per model, log x) or sweep.png (grouped bars). Runs are
+sequential in this process by default; `--jobs N` runs N finetune processes at once.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from tinyvit.atomic import write_atomic
+
+# Flags the study sets for each run; giving them as pass-through would contradict the grid.
+OWNED = ("--model", "--out", "--seed", "--limit-train", "--data-seed", "--resume", "--force", "--repeat-train")
+
+# ---------------------------------------------------------------------------------------------
+# The grid.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    label: str  # how the model is named in the table and the plot
+    preset: str
+    flags: tuple = ()  # its own finetune flags
+
+
+def parse_model(text: str) -> ModelSpec:
+    """'resnet18' or 'vit=vit_tiny_patch16_224 --image-size 16 --override depth=6'."""
+    head, _, rest = text.strip().partition(" ")
+    label, eq, preset = head.partition("=")
+    if not eq:
+        label, preset = head, head
+    if not re.fullmatch(r"[\w.-]+", label):
+        raise ValueError(f"--models {text!r}: the label {label!r} may hold letters, digits, '.', '_' and '-' only")
+    return ModelSpec(label, preset, tuple(shlex.split(rest)))
+
+
+def split_values(text: str) -> list[str]:
+    """'2,4' -> ['2', '4']; commas inside brackets stay: '[1,1,1,1],[2,2,2,2]' -> two values."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[(" 
+        depth -= ch in "])"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [v.strip() for v in out + [cur] if v.strip()]
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """['patch_size=2,4', 'pos_embed=learned,sincos'] -> {'patch_size': ['2', '4'], 'pos_embed': [...]}"""
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not split_values(values):
+            raise ValueError(f"--override {item!r}: expected KEY=V1,V2,... (e.g. patch_size=2,4)")
+        if key.strip() in grid:
+            raise ValueError(f"--override {key.strip()} appears twice")
+        grid[key.strip()] = split_values(values)
+    return grid
+
+
+def parse_size(text: str, full: int) -> int:
+    """'0.25' (a fraction of the training split) or '200' (a count) -> a count in [1, full]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--train-sizes {text!r}: expected a fraction (0.25) or a count (200)") from None
+    n = round(value * full) if ("." in text or "e" in text.lower()) and value <= 1 else int(value)
+    if not 1 <= n <= full or (value != int(value) and value > 1):
+        raise ValueError(f"--train-sizes {text}: the training split has {full:,} images; expected a fraction "
+                         f"in (0, 1] or a count from 1 to {full:,}")
+    return n
+
+
+@dataclass
+class Run:
+    model: ModelSpec
+    size: int
+    overrides: dict  # key -> value (strings, as given)
+    seed: int
+    out: Path
+    epochs: int = 1
+    repeat: int = 1
+    steps: int = 0
+    argv: list = field(default_factory=list)
+
+    @property
+    def passes(self) -> int:
+        return self.epochs * self.repeat
+
+    def name(self) -> str:
+        parts = [self.model.label, f"n{self.size}"] + [f"{k}={v}" for k, v in self.overrides.items()] + [f"seed{self.seed}"]
+        return re.sub(r"[^\w.=,+-]", "_", "-".join(parts))
+
+
+def plan(models, sizes, grid, seeds, full: int, batch: int, steps: Optional[int], epochs: int,
+         same_epochs: bool, data_seed: int, out: Path, passthrough: list) -> list[Run]:
+    """Every run of the grid, with its step budget and its finetune command line."""
+    per_epoch_full = math.ceil(full / batch)
+    budget = steps if steps is not None else epochs * per_epoch_full
+    runs = []
+    for model, size, combo, seed in itertools.product(models, sizes, itertools.product(*grid.values()), seeds):
+        overrides = dict(zip(grid, combo))
+        run = Run(model, size, overrides, seed, out)
+        if same_epochs:
+            run.epochs, run.repeat = epochs, 1
+        else:
+            # About one full-split epoch of images per (repeated) epoch, then enough epochs for the budget.
+            run.repeat = max(1, full // size)
+            run.epochs = max(1, round(budget / math.ceil(size * run.repeat / batch)))
+        run.steps = run.epochs * math.ceil(size * run.repeat / batch)
+        run.out = out / run.name()
+        argv = ["--model", model.preset, *model.flags, *passthrough, "--out", str(run.out), "--seed", str(seed),
+                "--data-seed", str(data_seed), "--epochs", str(run.epochs), "--no-progress"]
+        if size < full:
+            argv += ["--limit-train", str(size)]
+        if run.repeat > 1:
+            argv += ["--repeat-train", str(run.repeat)]
+        if overrides:
+            argv += ["--override", ",".join(f"{k}={v}" for k, v in overrides.items())]
+        run.argv = argv
+        runs.append(run)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Running: skip what finished, resume what was interrupted.
+# ---------------------------------------------------------------------------------------------
+
+
+def state(run: Run) -> str:
+    if (run.out / "summary.json").is_file():
+        return "done"
+    if (run.out / "checkpoint.pt").is_file():
+        return "resume"
+    return "new"
+
+
+def command(run: Run) -> list[str]:
+    """The run's finetune flags: continue an interrupted run, or (re)start one that saved nothing
+    yet (--force: the folder is the study's own, and holds no finished epoch)."""
+    return run.argv + (["--resume"] if state(run) == "resume" else ["--force"])
+
+
+def run_inline(run: Run) -> int:
+    """One run in this process (no interpreter start-up per run); its output goes to train.log."""
+    from tinyvit import finetune
+
+    run.out.mkdir(parents=True, exist_ok=True)
+    argv = command(run)
+    with open(run.out / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"$ python -m tinyvit.finetune {shlex.join(argv)}", flush=True)
+        try:
+            return finetune.main(argv)
+        except SystemExit as e:  # a user error: finetune's one line, which the study repeats
+            print(e.code, flush=True)
+            return e.code if isinstance(e.code, int) else 2
+
+
+def start_process(run: Run, threads: int) -> subprocess.Popen:
+    run.out.mkdir(parents=True, exist_ok=True)
+    argv = command(run)
+    log = open(run.out / "train.log", "a")
+    log.write(f"$ python -m tinyvit.finetune {shlex.join(argv)}\n")
+    log.flush()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # N processes share the cores
+    return subprocess.Popen([sys.executable, "-m", "tinyvit.finetune", *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def last_line(run: Run) -> str:
+    try:
+        lines = [l for l in (run.out / "train.log").read_text().splitlines() if l.strip()]
+        return lines[-1] if lines else ""
+    except OSError:
+        return ""
+
+
+def execute(runs: list[Run], jobs: int, log) -> int:
+    """Run what is not done; 0 when all finished, else the first failing exit code."""
+    todo = [r for r in runs if state(r) != "done"]
+    if len(todo) < len(runs):
+        log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished: skipped")
+    t0, done = time.perf_counter(), 0
+
+    def finished(run: Run, code: int, seconds: float) -> int:
+        nonlocal done
+        done += 1
+        if code == 0:
+            s = read_summary(run)
+            log(f"[{done}/{len(todo)}] {run.name()}: val acc {100 * s['final']['val_acc']:.2f}% "
+                f"(best {100 * s['best']['val_acc']:.2f}%), {run.steps} steps, {seconds:.0f} s")
+        elif code in (130, 143):  # finetune saved a checkpoint on Ctrl-C / SIGTERM
+            log(f"{run.name()}: interrupted, checkpoint saved; run the same command again to continue the study")
+        else:
+            log(f"{run.name()}: failed (exit {code}): {last_line(run)}\n  full log: {run.out / 'train.log'}")
+        return code
+
+    if jobs <= 1:
+        for run in todo:
+            start = time.perf_counter()
+            code = finished(run, run_inline(run), time.perf_counter() - start)
+            if code:
+                return code
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        pending, active, first_error = list(todo), {}, 0
+        try:
+            while pending or active:
+                while pending and len(active) < jobs and not first_error:
+                    run = pending.pop(0)
+                    active[run.name()] = (run, start_process(run, threads), time.perf_counter())
+                time.sleep(0.2)
+                for key, (run, proc, start) in list(active.items()):
+                    if proc.poll() is not None:
+                        del active[key]
+                        code = finished(run, proc.returncode, time.perf_counter() - start)
+                        first_error = first_error or code
+                if first_error and not active:
+                    break
+        except KeyboardInterrupt:  # the children got the same SIGINT: they save a checkpoint and exit
+            for run, proc, _ in active.values():
+                proc.wait()
+            log("interrupted: finished runs are kept, the others saved checkpoints; run the same command again to continue")
+            return 130
+        if first_error:
+            return first_error
+    log(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Gathering: results.csv, results.md, the plot.
+# ---------------------------------------------------------------------------------------------
+
+
+def read_summary(run: Run) -> dict:
+    return json.loads((run.out / "summary.json").read_text())
+
+
+def _flops_per_image(model) -> int:
+    """Forward FLOPs for one image (a multiply-add counts 2), by forward hooks: every Conv2d and
+    Linear, plus the two attention matmuls (QK^T and AV: 2 x 2 n^2 d per block) that are not modules.
+    Elementwise work (norms, activations, softmax) is left out, as in the usual model tables."""
+    import torch
+    from torch import nn
+
+    from tinyvit.vit import Attention
+
+    total = 0
+
+    def conv(m, inputs, out):
+        nonlocal total
+        total += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, inputs, out):
+        nonlocal total
+        total += 2 * out.numel() * m.in_features
+
+    def attention(m, inputs, out):
+        nonlocal total
+        b, n, d = inputs[0].shape
+        total += 2 * 2 * b * n * n * d
+
+    kinds = ((nn.Conv2d, conv), (nn.Linear, linear), (Attention, attention))
+    hooks = [m.register_forward_hook(fn) for m in model.modules() for kind, fn in kinds if isinstance(m, kind)]
+    size = model.preprocess.image_size
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return total
+
+
+def gather(runs: list[Run], full: int) -> list[dict]:
+    import tinyvit
+
+    flops_cache = {}
+    rows = []
+    for run in runs:
+        if state(run) != "done":
+            continue
+        s = read_summary(run)
+        key = (run.model, tuple(run.overrides.items()))
+        if key not in flops_cache:
+            flops_cache[key] = _flops_per_image(tinyvit.load_pretrained(run.out))
+        history = [json.loads(l) for l in (run.out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        rows.append({
+            "model": run.model.label, "preset": run.model.preset, "train_size": run.size,
+            "train_fraction": round(run.size / full, 4), **run.overrides, "seed": run.seed,
+            "epochs": run.epochs, "passes": run.passes, "steps": run.steps,
+            "params": s["total_params"], "flops_per_image": flops_cache[key],
+            "final_val_acc": round(s["final"]["val_acc"], 6), "best_val_acc": round(s["best"]["val_acc"], 6),
+            "seconds": round(sum(r["seconds"] for r in history), 1), "run": run.out.name,
+        })
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    import io
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def axes_of(rows: list[dict], grid: dict) -> list[str]:
+    return ["model", "train_size", *grid]
+
+
+def group(rows: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    return groups
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def markdown_table(rows: list[dict], grid: dict) -> str:
+    """One line per grid point: the accuracies as mean ± std over seeds (percent)."""
+    keys = axes_of(rows, grid)
+    lines = ["| " + " | ".join(keys) + " | seeds | steps | params | MFLOPs/img | final val acc % | best val acc % | s/run |",
+             "|" + "---|" * (len(keys) + 7)]
+    for values, rs in group(rows, keys).items():
+        final, best = mean_std([100 * r["final_val_acc"] for r in rs]), mean_std([100 * r["best_val_acc"] for r in rs])
+        lines.append("| " + " | ".join(str(v) for v in values) + f" | {len(rs)} | {rs[0]['steps']} | {rs[0]['params']:,} | "
+                     f"{rs[0]['flops_per_image'] / 1e6:.2f} | {final[0]:.2f} ± {final[1]:.2f} | {best[0]:.2f} ± {best[1]:.2f} | "
+                     f"{statistics.fmean(r['seconds'] for r in rs):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], grid: dict, out: Path, title: str) -> Optional[Path]:
+    """scaling.png when the training size varies, else sweep.png (grouped bars); None for one point."""
+    from tinyvit.finetune import _pyplot, _save_figure
+
+    plt = _pyplot()
+    sizes = sorted({r["train_size"] for r in rows})
+    varying = [k for k in grid if len({r.get(k) for r in rows}) > 1]
+    if len(sizes) > 1:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for line, rs in group(rows, ["model", *varying]).items():
+            points = sorted(group(rs, ["train_size"]).items())
+            stats = [mean_std([100 * r["final_val_acc"] for r in p]) for _, p in points]
+            label = ", ".join([str(line[0])] + [f"{k}={v}" for k, v in zip(varying, line[1:])])
+            ax.errorbar([n for (n,), _ in points], [m for m, _ in stats], yerr=[s for _, s in stats],
+                        marker="o", capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set(xlabel="training images (log scale)", ylabel="validation accuracy (%)", title=title)
+        path = out / "scaling.png"
+    else:
+        hue_key = varying[-1] if varying else "model"
+        group_keys = [k for k in ["model", *varying] if k != hue_key and len({r.get(k) for r in rows}) > 1]
+        groups = group(rows, group_keys)
+        hues = list(dict.fromkeys(r.get(hue_key) for r in rows))
+        if len(groups) * len(hues) < 2:
+            return None
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(hues) ** 0.5 + 2), 4.5))
+        width = 0.8 / len(hues)
+        for j, hue in enumerate(hues):
+            xs, ms, ss = [], [], []
+            for i, (gvalues, rs) in enumerate(groups.items()):
+                picked = [100 * r["final_val_acc"] for r in rs if r.get(hue_key) == hue]
+                if picked:
+                    m, s = mean_std(picked)
+                    xs.append(i + (j - (len(hues) - 1) / 2) * width), ms.append(m), ss.append(s)
+            ax.bar(xs, ms, width, yerr=ss, capsize=3, label=f"{hue_key}={hue}")
+        ax.set_xticks(range(len(groups)), [", ".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "all" for g in groups],
+                      rotation=20, ha="right")
+        ax.set(ylabel="validation accuracy (%)", title=title)
+        low = min(100 * r["final_val_acc"] for r in rows)
+        ax.set_ylim(max(0, low - 10), 100)
+        path = out / "sweep.png"
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_figure(plt, fig, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tinyvit.study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="the study's folder: one subfolder per run, results.csv, results.md, the plot")
+    p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                   help="presets, or 'LABEL=PRESET FLAGS...' with that model's own finetune flags")
+    p.add_argument("--train-sizes", nargs="+", default=["1.0"], metavar="SIZE",
+                   help="fractions (0.25) or counts (200) of the training split (default: all of it)")
+    p.add_argument("--override", nargs="+", default=[], metavar="KEY=V1,V2",
+                   help="config fields to sweep, e.g. patch_size=2,4 pos_embed=learned,sincos")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default: 0)")
+    p.add_argument("--data-seed", type=int, default=0, help="the permutation the nested subsets are cut from (default: 0)")
+    p.add_argument("--steps", type=int, help="optimizer steps per run (default: --epochs x the full split's steps per epoch)")
+    p.add_argument("--same-epochs", action="store_true", help="every run gets --epochs as given (no step budget)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes (default: 1, in this process)")
+    p.add_argument("--title", help="the plot's title")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, passthrough = build_parser().parse_known_args(argv)
+    passthrough = [a for a in passthrough if a != "--"]
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    try:
+        from tinyvit import data, finetune
+
+        owned = sorted({a.split("=")[0] for a in passthrough} & set(OWNED))
+        if owned:
+            raise ValueError(f"{', '.join(owned)}: the study sets these for each run (use --models, --out, --seeds, "
+                             f"--train-sizes, --data-seed)")
+        if args.jobs < 1:
+            raise ValueError(f"--jobs {args.jobs} must be at least 1")
+        models = [parse_model(m) for m in args.models]
+        if len({m.label for m in models}) < len(models):
+            raise ValueError("--models: two models share a label; name them LABEL=PRESET ...")
+        grid = parse_grid(args.override)
+        # finetune's own parser checks the pass-through and each model's flags before anything runs.
+        checked = {}
+        for m in models:
+            try:
+                cfg, _ = finetune.parse_args(["--model", m.preset, *m.flags, *passthrough])
+            except SystemExit:
+                raise ValueError(f"--models {m.label}: finetune rejected its flags (above)") from None
+            for combo in itertools.product(*grid.values()):
+                finetune.parse_overrides(list(cfg.override) + [f"{k}={v}" for k, v in zip(grid, combo)], m.preset)
+            checked[m.label] = cfg
+        cfg = next(iter(checked.values()))
+        if cfg.limit_train is not None:
+            raise ValueError("--limit-train: the study sets it from --train-sizes")
+        if args.steps is not None and args.steps < 1:
+            raise ValueError(f"--steps {args.steps} must be at least 1")
+        splits = data.load_splits(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, seed=args.data_seed)
+        full = len(splits.train)
+        sizes = sorted({parse_size(s, full) for s in args.train_sizes})
+    except data.DatasetError as e:
+        raise SystemExit(f"tinyvit.study: error: {data.error_message(e)}") from None
+    except ValueError as e:
+        raise SystemExit(f"tinyvit.study: error: {e}") from None
+
+    out = Path(args.out)
+    runs = plan(models, sizes, grid, args.seeds, full, cfg.batch_size, args.steps, cfg.epochs,
+                args.same_epochs, args.data_seed, out, passthrough)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"study {out}: {len(models)} model(s) x {len(sizes)} size(s) {sizes} x "
+        f"{math.prod(len(v) for v in grid.values())} config(s) x {len(args.seeds)} seed(s) = {len(runs)} runs on "
+        f"{cfg.dataset} ({full:,} training images)" +
+        ("" if args.same_epochs else f"; {runs[0].steps} optimizer steps each (smaller subsets: more passes)"))
+    code = execute(runs, args.jobs, log)
+    rows = gather(runs, full)
+    if rows:
+        write_csv(rows, out / "results.csv")
+        table = markdown_table(rows, grid)
+        write_atomic(out / "results.md", lambda f: f.write(table.encode()))
+        figure = plot(rows, grid, out, args.title or f"{cfg.dataset}: {', '.join(m.label for m in models)}")
+        log("\n" + table)
+        log(f"wrote {out}/results.csv, results.md" + (f", {figure.name}" if figure else ""))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
