@@ -25,6 +25,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from tinyvit.kernels import attention, layer_norm
+from tinyvit.token_learner import TokenLearner
 
 
 @dataclass
@@ -52,6 +53,10 @@ class ViTConfig:
     attn_dropout: float = 0.0  # on the attention probabilities (forces the PyTorch attention path)
     drop_path: float = 0.0  # stochastic depth, linearly increasing to this rate in the last block
     kernels: str = "auto"  # "auto": Triton kernels on CUDA, PyTorch elsewhere; "triton": always; "torch": never
+    # TokenLearner v1.1 (tinyvit/token_learner.py): after block token_learner_at (None: the middle one,
+    # depth // 2 - 1) the patch tokens become token_learner_tokens learned ones; 0 turns it off.
+    token_learner_tokens: int = 0
+    token_learner_at: Optional[int] = None
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -75,10 +80,20 @@ class ViTConfig:
             raise ValueError("distilled=True (DeiT) needs class_token=True")
         if self.pos_embed == "sincos" and self.dim % 4:
             raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got dim={self.dim}")
+        if self.token_learner_tokens < 0 or (self.token_learner_tokens and not 0 <= self.token_learner_block < self.depth):
+            raise ValueError(
+                f"ViTConfig.token_learner_tokens={self.token_learner_tokens}, token_learner_at="
+                f"{self.token_learner_at}: expected tokens >= 0 and a block index in 0..{self.depth - 1}"
+            )
 
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def token_learner_block(self) -> int:
+        """The block after which TokenLearner reduces the tokens (meaningful when it is on)."""
+        return self.depth // 2 - 1 if self.token_learner_at is None else self.token_learner_at
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -274,14 +289,18 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
         self.drop_path = DropPath(drop_path)
+        self.token_learner = None  # a TokenLearner closing this block; set by VisionTransformer
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         if return_attention:
             a, attn = self.attn(self.norm1(x), return_attention=True)
             x = x + self.drop_path(a)
-            return x + self.drop_path(self.mlp(self.norm2(x))), attn
+            return self.reduce(x + self.drop_path(self.mlp(self.norm2(x)))), attn
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return self.reduce(x + self.drop_path(self.mlp(self.norm2(x))))
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.token_learner is None else self.token_learner(x)  # [b, p + n, d] -> [b, p + s, d]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +330,12 @@ class VisionTransformer(nn.Module):
         # Stochastic depth rising linearly from 0 in the first block to drop_path in the last (DeiT).
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*[Block(cfg, drop_path=r) for r in rates])
+        if cfg.token_learner_tokens:
+            # Part of the block it follows, so everything that walks the blocks (freezing, feature
+            # caching, attention maps) sees the reduction in its place: blocks.{at}.token_learner.*
+            self.blocks[cfg.token_learner_block].token_learner = TokenLearner(
+                d, cfg.token_learner_tokens, self.num_prefix_tokens, eps=cfg.norm_eps, dropout=cfg.dropout
+            )
         self.norm = LayerNorm(d, eps=cfg.norm_eps)
 
         width = cfg.pre_logits or d
@@ -402,7 +427,8 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Attention probabilities of every block, a list of [b, h, n, n] (computed explicitly)."""
+        """Attention probabilities of every block, a list of [b, h, n, n] (computed explicitly);
+        with TokenLearner, n = prefix + S in the blocks after it."""
         x = self.embed(x)
         maps = []
         for blk in self.blocks:
