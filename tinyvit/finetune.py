@@ -120,6 +120,10 @@ class Config:
     override: list = field(default_factory=list)  # ["depth=2", "dim=64", ...]: config fields of --model
     keep_head: bool = False
     progress: bool = True
+    teacher: Optional[str] = None  # distillation (tinyvit/distill.py): a checkpoint or run directory
+    distill: Optional[str] = None  # "hard" (the default with --teacher) or "soft"
+    distill_alpha: float = 0.5
+    distill_tau: float = 1.0
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -171,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change a ViTConfig/ResNetConfig field of --model, e.g. --override depth=2,dim=64 (repeatable)")
     p.add_argument("--keep-head", action="store_true", help="keep a checkpoint's head when its class count matches")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--teacher", metavar="PATH", help="distil from this model (any format tinyvit.load_pretrained reads, "
+                   "a run directory too); it must predict the dataset's classes (DeiT, see tinyvit/distill.py)")
+    p.add_argument("--distill", choices=("hard", "soft"), help="with --teacher: the teacher's argmax (hard, default) or its softened probabilities")
+    p.add_argument("--distill-alpha", type=float, help=f"weight of the distillation term (default: {d.distill_alpha})")
+    p.add_argument("--distill-tau", type=float, help=f"temperature of --distill soft (default: {d.distill_tau})")
     return p
 
 
@@ -562,6 +571,7 @@ class Trainer:
         self.preprocess = self.model.preprocess  # at the training resolution
         self.split = freeze.apply(self.model, cfg.unfreeze)
         self.prefix_frozen = self.split.frozen_depth is not None
+        self.distiller = self._distiller()
 
         self.train_tf, self.eval_tf = data.transforms(self.preprocess, self.splits.low_res, cfg.augment)
         self.cache_train, self.cache_val = self._cache_plan()
@@ -608,6 +618,19 @@ class Trainer:
         show = None if self.dist.main and self.cfg.progress else True
         return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, disable=show, dynamic_ncols=True)
 
+    def _distiller(self):
+        from tinyvit import distill
+
+        cfg = self.cfg
+        if cfg.teacher is None:
+            if cfg.distill is not None:
+                raise ValueError(f"--distill {cfg.distill} needs --teacher PATH")
+            return None
+        teacher = distill.load_teacher(cfg.teacher, self.classes, self.device)
+        self.split.both_heads = True  # the loss needs the class and distillation heads apart
+        return distill.Distiller(teacher, data.eval_preprocess(self.preprocess, self.splits.low_res), cfg.distill or "hard",
+                                 cfg.distill_alpha, cfg.distill_tau, source=cfg.teacher)
+
     # -- caching ------------------------------------------------------------------------------
 
     def _cache_plan(self) -> tuple[bool, bool]:
@@ -645,6 +668,11 @@ class Trainer:
             self.log(f"cached {name} features: {len(built):,} x {list(built.features.shape[1:])} {str(built.dtype)[6:]} "
                      f"{WHERE[built.storage]} ({built.nbytes / 2**20:,.0f} MiB), {built.seconds:.1f} s, "
                      f"{len(built) / max(built.seconds, 1e-9):,.0f} img/s through the frozen prefix")
+        if self.distiller is not None:  # the teacher's val accuracy, and its logits once when not augmenting
+            seconds += self.distiller.build(
+                data.Transformed(self.splits.train, self.eval_tf), data.Transformed(self.splits.val, self.eval_tf),
+                cached=not self.cfg.augment, dtype=self.dtype, batch_size=self.batch, num_workers=self.num_workers,
+                rank=self.dist.rank, world=self.dist.world, path=self.out / CACHE_DIR, progress=self.bar, log=self.log)
         return seconds
 
     def batches(self, name: str, index_batches: list, epoch: Optional[int]):
@@ -708,7 +736,10 @@ class Trainer:
                 with autocast(self.device, self.dtype):
                     features = inputs if cached else self.split.prefix(inputs)
                     logits = self.ddp(features)
-                    loss = F.cross_entropy(logits.float(), labels)
+                    if self.distiller is None:
+                        loss = F.cross_entropy(logits.float(), labels)
+                    else:  # DeiT's loss (tinyvit/distill.py); logits becomes the heads' mean
+                        loss, logits = self.distiller.loss(logits, labels, inputs, index_batches[b])
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -782,6 +813,8 @@ class Trainer:
                 "cache_seconds": cache_seconds, "train_images_per_s": train["count"] / max(train["train_seconds"], 1e-9),
                 "cached": self.is_cached("train"), "train_images": train["count"], "val_images": int(tally.count.item()),
             }
+            if self.distiller is not None:
+                row.update(self.distiller.epoch_metrics(self.dist.world))
             self.history.append(row)
             self.last_confusion = tally.confusion.cpu()
             self.save_checkpoint()
