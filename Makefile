@@ -13,7 +13,7 @@ OUT    ?= runs
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test,data]'
 	touch $@
 
 # Malpure et al. 2021: ImageNet-pretrained ViT-B/16, DeiT-B and ResNet-50, only the last block /

@@ -5,6 +5,7 @@ Every dataset here yields (PIL image, label), so one set of transforms serves al
     cifar10, cifar100   torchvision's CIFAR classes, downloaded into --data-dir when missing
     imagefolder         DIR/train/<class>/*.jpg and DIR/val/<class>/... (or DIR/test/...)
     synthetic           generated 32x32 images with learnable structure, for offline runs
+    digits              scikit-learn's bundled 8x8 handwritten digits (1,797 real scans, offline)
 
 The transforms come from the checkpoint (`model.preprocess`: mean/std, resolution, interpolation),
 because mixing them up is the most common cause of poor transfer (USERS.md 1.1, 1.2):
@@ -34,8 +35,11 @@ from torch.utils.data import Dataset
 
 from tinyvit.preprocess import Preprocess
 
-DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
-LOW_RES = ("cifar10", "cifar100", "synthetic")  # 32-pixel sources: upsampled to the model's square
+DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic", "digits")
+LOW_RES = ("cifar10", "cifar100", "synthetic", "digits")  # small sources: upsampled to the model's square
+# Sources whose mirror image is another thing or nothing (a mirrored 3 is not a digit): no flips.
+NO_FLIP = ("digits",)
+SOURCE_SIZE = {"digits": 8}  # the side of a low-res source's images, when not CIFAR's 32
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -198,6 +202,63 @@ class Synthetic(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------
+# Digits: scikit-learn's bundled handwritten digits, real images with no download.
+# ---------------------------------------------------------------------------------------------
+
+DIGITS_VAL = 450  # images held out for validation (25% of 1,797), stratified, random_state=0
+
+
+class ArrayImages(Dataset):
+    """Grayscale images held as a uint8 array [N, H, W] (0..255) with integer labels; yields
+    (3-channel PIL image, label) like every other source here."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str], source: dict):
+        self.images, self.labels, self.classes, self.source = images, labels, classes, source
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return Image.fromarray(self.images[i]).convert("RGB"), int(self.labels[i])
+
+    def fingerprint(self) -> dict:
+        """What identifies these images: where they come from and a hash of the pixels and labels."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(np.asarray(self.labels, dtype=np.int64).tobytes())
+        return {**self.source, "images": len(self.labels), "sha256": h.hexdigest()}
+
+
+def digits() -> tuple[ArrayImages, ArrayImages, list[str]]:
+    """sklearn.datasets.load_digits (UCI optical recognition of handwritten digits: 1,797 8x8 scans,
+    values 0..16, classes 0-9), shipped inside scikit-learn, so it works offline.
+
+    The split is fixed and stratified: train_test_split(X, y, test_size=450, random_state=0,
+    stratify=y) gives 1,347 training and 450 validation images, the same on every machine.
+    Pixels are scaled 0..16 -> 0..255 (round(v * 255 / 16)).
+    """
+    try:
+        import sklearn
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise DatasetError("--dataset digits needs scikit-learn: pip install 'tinyvit[data]'") from None
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)  # [1797, 8, 8]
+    labels = bunch.target.astype(np.int64)
+    x_train, x_val, y_train, y_val = train_test_split(
+        images, labels, test_size=DIGITS_VAL, random_state=0, stratify=labels
+    )
+    classes = [str(c) for c in range(10)]
+    source = {"dataset": "digits", "sklearn": sklearn.__version__,
+              "split": f"train_test_split(test_size={DIGITS_VAL}, random_state=0, stratify=y)"}
+    return (ArrayImages(x_train, y_train, classes, {**source, "part": "train"}),
+            ArrayImages(x_val, y_val, classes, {**source, "part": "val"}), classes)
+
+
+# ---------------------------------------------------------------------------------------------
 # One entry point, and subsets.
 # ---------------------------------------------------------------------------------------------
 
@@ -208,6 +269,8 @@ class Splits:
     val: Dataset
     classes: list[str]
     low_res: bool  # a 32-pixel source, upsampled straight to the model's square
+    source_size: int = 32  # a low-res source's image side (CIFAR 32, digits 8): its augmentation crops at it
+    flip: bool = True  # horizontal flips are a valid augmentation (not for digits: see NO_FLIP)
 
 
 class Subset(Dataset):
@@ -248,6 +311,8 @@ def load_splits(
         if data_dir is None:
             raise DatasetError(f"--dataset {name} needs --data-dir (where the dataset is, or is downloaded to)")
         train, val, classes = cifar(name, data_dir)
+    elif name == "digits":
+        train, val, classes = digits()
     elif name == "imagefolder":
         if data_dir is None:
             raise DatasetError("--dataset imagefolder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/")
@@ -255,7 +320,8 @@ def load_splits(
     else:
         raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     # The subset draws depend on the split, so limit_train == limit_val does not pick the same positions.
-    return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), list(classes), name in LOW_RES)
+    return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), list(classes), name in LOW_RES,
+                  source_size=SOURCE_SIZE.get(name, 32), flip=name not in NO_FLIP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +335,10 @@ def eval_preprocess(preprocess: Preprocess, low_res: bool) -> Preprocess:
     return replace(preprocess, resize_size=None) if low_res else preprocess
 
 
-def transforms(preprocess: Preprocess, low_res: bool, augment: bool) -> tuple[Callable, Callable]:
-    """(train transform, eval transform): PIL image -> normalised tensor [3, S, S]."""
+def transforms(preprocess: Preprocess, low_res: bool, augment: bool, *, source_size: int = 32,
+               flip: bool = True) -> tuple[Callable, Callable]:
+    """(train transform, eval transform): PIL image -> normalised tensor [3, S, S]. A low-res source
+    of side `source_size` is shifted by up to an eighth of it (CIFAR: 4 pixels), flipped if `flip`."""
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 
@@ -283,8 +351,8 @@ def transforms(preprocess: Preprocess, low_res: bool, augment: bool) -> tuple[Ca
     s = pre.image_size
     train_tf = T.Compose([
         # The CIFAR augmentation (He et al. 2016, sec. 4.2), at the source's 32 pixels ...
-        T.RandomCrop(32, padding=4, padding_mode="reflect"),
-        T.RandomHorizontalFlip(),
+        T.RandomCrop(source_size, padding=max(1, source_size // 8), padding_mode="reflect"),
+        *([T.RandomHorizontalFlip()] if flip else []),
         # ... then the same upsampling as evaluation.
         T.Resize((s, s), interpolation=InterpolationMode(pre.interpolation), antialias=True),
         T.ToTensor(),

@@ -573,7 +573,8 @@ class Trainer:
         self.prefix_frozen = self.split.frozen_depth is not None
         self.distiller = self._distiller()
 
-        self.train_tf, self.eval_tf = data.transforms(self.preprocess, self.splits.low_res, cfg.augment)
+        self.train_tf, self.eval_tf = data.transforms(self.preprocess, self.splits.low_res, cfg.augment,
+                                                      source_size=self.splits.source_size, flip=self.splits.flip)
         self.cache_train, self.cache_val = self._cache_plan()
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built
 
