@@ -133,6 +133,10 @@ class Config:
     cutmix: float = 0.0
     label_smoothing: float = 0.0
     random_erasing: float = 0.0
+    teacher: Optional[str] = None  # distillation (tinyvit/distill.py): a checkpoint or run directory
+    distill: Optional[str] = None  # "hard" (the default with --teacher) or "soft"
+    distill_alpha: float = 0.5
+    distill_tau: float = 1.0
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -190,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, help="seed of the --limit-train/--limit-val subsets (default: --seed)")
     p.add_argument("--repeat-train", type=int, metavar="K", help="an epoch passes K times over the training images (default: 1)")
     recipe.add_arguments(p)
+    p.add_argument("--teacher", metavar="PATH", help="distil from this model (any format tinyvit.load_pretrained reads, "
+                   "a run directory too); it must predict the dataset's classes (DeiT, see tinyvit/distill.py)")
+    p.add_argument("--distill", choices=("hard", "soft"), help="with --teacher: the teacher's argmax (hard, default) or its softened probabilities")
+    p.add_argument("--distill-alpha", type=float, help=f"weight of the distillation term (default: {d.distill_alpha})")
+    p.add_argument("--distill-tau", type=float, help=f"temperature of --distill soft (default: {d.distill_tau})")
     return p
 
 
@@ -652,6 +661,7 @@ class Trainer:
         self.preprocess = self.model.preprocess  # at the training resolution
         self.split = freeze.apply(self.model, cfg.unfreeze)
         self.prefix_frozen = self.split.frozen_depth is not None
+        self.distiller = self._distiller()
 
         self.train_tf, self.eval_tf = data.transforms(self.preprocess, self.splits.low_res, cfg.augment,
                                                       source_size=self.splits.source_size, flip=self.splits.flip)
@@ -712,6 +722,19 @@ class Trainer:
         show = None if self.dist.main and self.cfg.progress else True
         return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, disable=show, dynamic_ncols=True)
 
+    def _distiller(self):
+        from tinyvit import distill
+
+        cfg = self.cfg
+        if cfg.teacher is None:
+            if cfg.distill is not None:
+                raise ValueError(f"--distill {cfg.distill} needs --teacher PATH")
+            return None
+        teacher = distill.load_teacher(cfg.teacher, self.classes, self.device)
+        self.split.both_heads = True  # the loss needs the class and distillation heads apart
+        return distill.Distiller(teacher, data.eval_preprocess(self.preprocess, self.splits.low_res), cfg.distill or "hard",
+                                 cfg.distill_alpha, cfg.distill_tau, source=cfg.teacher)
+
     # -- caching ------------------------------------------------------------------------------
 
     def _cache_plan(self) -> tuple[bool, bool]:
@@ -749,6 +772,11 @@ class Trainer:
             self.log(f"cached {name} features: {len(built):,} x {list(built.features.shape[1:])} {str(built.dtype)[6:]} "
                      f"{WHERE[built.storage]} ({built.nbytes / 2**20:,.0f} MiB), {built.seconds:.1f} s, "
                      f"{len(built) / max(built.seconds, 1e-9):,.0f} img/s through the frozen prefix")
+        if self.distiller is not None:  # the teacher's val accuracy, and its logits once when not augmenting
+            seconds += self.distiller.build(
+                data.Transformed(self.splits.train, self.eval_tf), data.Transformed(self.splits.val, self.eval_tf),
+                cached=not self.cfg.augment, dtype=self.dtype, batch_size=self.batch, num_workers=self.num_workers,
+                rank=self.dist.rank, world=self.dist.world, path=self.out / CACHE_DIR, progress=self.bar, log=self.log)
         return seconds
 
     def batches(self, name: str, index_batches: list, epoch: Optional[int]):
@@ -819,7 +847,10 @@ class Trainer:
                 with autocast(self.device, self.dtype):
                     features = inputs if cached else self.split.prefix(inputs)
                     logits = self.ddp(features)
-                    loss = self.recipe.loss(logits, targets)
+                    if self.distiller is None:
+                        loss = self.recipe.loss(logits, targets)
+                    else:  # DeiT's loss (tinyvit/distill.py); logits becomes the heads' mean
+                        loss, logits = self.distiller.loss(logits, targets, inputs, index_batches[b])
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -896,6 +927,8 @@ class Trainer:
                 "cache_seconds": cache_seconds, "train_images_per_s": train["count"] / max(train["train_seconds"], 1e-9),
                 "cached": self.is_cached("train"), "train_images": train["count"], "val_images": int(tally.count.item()),
             }
+            if self.distiller is not None:
+                row.update(self.distiller.epoch_metrics(self.dist.world))
             self.history.append(row)
             self.last_confusion = tally.confusion.cpu()
             self.save_checkpoint()

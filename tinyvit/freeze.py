@@ -112,6 +112,7 @@ class Split(nn.Module):
         self.model = model
         self.frozen_depth = frozen_depth
         self.mode = mode
+        self.both_heads = False  # DeiT distilled in training: return both heads (distillation needs them)
 
     @property
     def is_vit(self) -> bool:
@@ -144,7 +145,7 @@ class Split(nn.Module):
             for stage in m.stages[k:]:
                 x = stage(x)
             out = m.forward_head(x)
-        if isinstance(out, tuple):
+        if isinstance(out, tuple) and not self.both_heads:
             # DeiT distilled, in training mode: the class and distillation heads' logits. With no
             # teacher here, both heads learn the labels and predict by their mean, as DeiT evaluates
             # (facebookresearch/deit#82, the "both heads" option).

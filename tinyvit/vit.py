@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tinyvit.kernels import attention, layer_norm
+from tinyvit.token_learner import TokenLearner
 
 
 def _is_int(value) -> bool:
@@ -47,6 +48,7 @@ def _check_int(cfg, name: str, minimum: int) -> None:
     if not _is_int(value) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{type(cfg).__name__}.{name}={value!r}; expected {what}")
+
 
 KERNELS = ("auto", "triton", "torch", "reference")
 
@@ -82,6 +84,10 @@ class ViTConfig:
     # "auto": Triton kernels on CUDA, PyTorch's fused ops elsewhere; "triton": always; "torch": never;
     # "reference": the plain formulas of tinyvit.kernels (slow, for reading and testing)
     kernels: str = "auto"
+    # TokenLearner v1.1 (tinyvit/token_learner.py): after block token_learner_at (None: the middle one,
+    # depth // 2 - 1) the patch tokens become token_learner_tokens learned ones; 0 turns it off.
+    token_learner_tokens: int = 0
+    token_learner_at: Optional[int] = None
 
     def __post_init__(self):
         # Sizes first, by field name: a zero patch would divide by zero below, a zero image size or
@@ -124,10 +130,20 @@ class ViTConfig:
             raise ValueError("fc_norm=True with distilled=True: the DeiT heads read the normalised tokens")
         if self.pos_embed == "sincos" and self.dim % 4:
             raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got dim={self.dim}")
+        if self.token_learner_tokens < 0 or (self.token_learner_tokens and not 0 <= self.token_learner_block < self.depth):
+            raise ValueError(
+                f"ViTConfig.token_learner_tokens={self.token_learner_tokens}, token_learner_at="
+                f"{self.token_learner_at}: expected tokens >= 0 and a block index in 0..{self.depth - 1}"
+            )
 
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def token_learner_block(self) -> int:
+        """The block after which TokenLearner reduces the tokens (meaningful when it is on)."""
+        return self.depth // 2 - 1 if self.token_learner_at is None else self.token_learner_at
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -348,6 +364,7 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
         self.drop_path = DropPath(drop_path)
+        self.token_learner = None  # a TokenLearner closing this block; set by VisionTransformer
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: Optional[int] = None):
         """x [b, n, d] -> [b, n, d]. num_queries = m: only the first m tokens come out, [b, m, d].
@@ -359,13 +376,17 @@ class Block(nn.Module):
         if return_attention:
             a, attn = self.attn(self.norm1(x), return_attention=True)
             x = x + self.drop_path(a)
-            return x + self.drop_path(self.mlp(self.norm2(x))), attn
+            return self.reduce(x + self.drop_path(self.mlp(self.norm2(x)))), attn
         if num_queries is not None:
+            # (a token learner after the last block would read every token: the model never asks)
             a = self.attn(self.norm1(x), num_queries=num_queries)  # [b, m, d]
             x = x[:, :num_queries] + self.drop_path(a)
             return x + self.drop_path(self.mlp(self.norm2(x)))
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return self.reduce(x + self.drop_path(self.mlp(self.norm2(x))))
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.token_learner is None else self.token_learner(x)  # [b, p + n, d] -> [b, p + s, d]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,6 +436,12 @@ class VisionTransformer(nn.Module):
         # Stochastic depth rising linearly from 0 in the first block to drop_path in the last (DeiT).
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*[Block(cfg, drop_path=r) for r in rates])
+        if cfg.token_learner_tokens:
+            # Part of the block it follows, so everything that walks the blocks (freezing, feature
+            # caching, attention maps) sees the reduction in its place: blocks.{at}.token_learner.*
+            self.blocks[cfg.token_learner_block].token_learner = TokenLearner(
+                d, cfg.token_learner_tokens, self.num_prefix_tokens, eps=cfg.norm_eps, dropout=cfg.dropout
+            )
         self.norm = nn.Identity() if cfg.fc_norm else LayerNorm(d, eps=cfg.norm_eps)
         self.fc_norm = LayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else None
 
@@ -491,8 +518,10 @@ class VisionTransformer(nn.Module):
     @property
     def head_tokens(self) -> Optional[int]:
         """How many leading tokens of the final norm the head reads (class, distillation), or None
-        when it reads every token (mean pooling)."""
-        return self.num_prefix_tokens if self.cfg.pool == "cls" else None
+        when it reads every token (mean pooling, or a token learner closing the last block)."""
+        if self.cfg.pool != "cls" or self.blocks[-1].token_learner is not None:
+            return None
+        return self.num_prefix_tokens
 
     def forward_from(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Tokens entering blocks[start] [b, n, d] -> the normalised tokens the head reads.
@@ -543,7 +572,8 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Attention probabilities of every block, a list of [b, h, n, n] (computed explicitly)."""
+        """Attention probabilities of every block, a list of [b, h, n, n] (computed explicitly);
+        with TokenLearner, n = prefix + S in the blocks after it."""
         x = self.embed(x)
         maps = []
         for blk in self.blocks:
