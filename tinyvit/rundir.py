@@ -162,7 +162,8 @@ def check(directory, *, resume: bool, force: bool) -> None:
         if resume and (d / "checkpoint.pt").is_file():
             return  # a run from before manifests existed: RunDir.start says it cannot verify it
         what = "--resume: no checkpoint.pt in it to continue from" if resume else "choose an empty or new directory"
-        raise RunDirError(f"--out {d} holds files that are not from a tinyvit run ({_names(s.foreign)}); {what}")
+        older = " (a run of an older tinyvit, without a manifest, is removed by hand)" if "checkpoint.pt" in s.foreign else ""
+        raise RunDirError(f"--out {d} holds files that are not from a tinyvit run ({_names(s.foreign)}); {what}{older}")
     if resume:
         if not s.has_checkpoint:
             raise RunDirError(
