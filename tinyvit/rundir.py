@@ -145,10 +145,6 @@ class Survey:
         self.foreign = [n for n in present if n not in listed and n != MANIFEST and not is_scratch(n)]
         self.has_checkpoint = "checkpoint.pt" in self.run_files
 
-    @property
-    def empty(self) -> bool:
-        return self.manifest is None and not self.foreign
-
 
 def check(directory, *, resume: bool, force: bool) -> None:
     """Before a run touches `directory`: refuse what would lose or mix up anyone's files."""
