@@ -48,8 +48,10 @@ Everything lands in --out (default runs/<model>-<dataset>-<unfreeze>): metrics.j
 epoch), checkpoint.pt (the whole resume state, rewritten atomically every epoch, loadable with
 torch.load(weights_only=True)), the final model (model.safetensors + config.json:
 tinyvit.load_pretrained(out) loads it), classes.json, summary.json (final and best metrics,
-confusion matrix, timings), curves.png and confusion.png. `--resume` continues an interrupted run
-(Ctrl-C saves one at the next step boundary and exits with code 130) up to --epochs.
+confusion matrix, timings), curves.png and confusion.png, each recorded with its SHA-256 in the
+run's manifest, tinyvit-run.json (tinyvit/rundir.py: --force removes only those files; one run per
+directory). `--resume` continues an interrupted run (Ctrl-C or SIGTERM saves one at the next step
+boundary and exits with code 130 or 143) up to --epochs, on the same data.
 
 Several GPUs: `torchrun --nproc_per_node=N -m tinyvit.finetune ...` trains with
 DistributedDataParallel. --batch-size stays the global batch (each process takes batch/N), so the

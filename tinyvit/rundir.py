@@ -145,10 +145,6 @@ class Survey:
         self.foreign = [n for n in present if n not in listed and n != MANIFEST and not is_scratch(n)]
         self.has_checkpoint = "checkpoint.pt" in self.run_files
 
-    @property
-    def empty(self) -> bool:
-        return self.manifest is None and not self.foreign
-
 
 def check(directory, *, resume: bool, force: bool) -> None:
     """Before a run touches `directory`: refuse what would lose or mix up anyone's files."""
@@ -162,7 +158,8 @@ def check(directory, *, resume: bool, force: bool) -> None:
         if resume and (d / "checkpoint.pt").is_file():
             return  # a run from before manifests existed: RunDir.start says it cannot verify it
         what = "--resume: no checkpoint.pt in it to continue from" if resume else "choose an empty or new directory"
-        raise RunDirError(f"--out {d} holds files that are not from a tinyvit run ({_names(s.foreign)}); {what}")
+        older = " (a run of an older tinyvit, without a manifest, is removed by hand)" if "checkpoint.pt" in s.foreign else ""
+        raise RunDirError(f"--out {d} holds files that are not from a tinyvit run ({_names(s.foreign)}); {what}{older}")
     if resume:
         if not s.has_checkpoint:
             raise RunDirError(
