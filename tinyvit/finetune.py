@@ -36,7 +36,8 @@ Defaults, and why:
   made a pretrained ViT predict one class), 2e-5 for everything (full fine-tuning of ViT-B is
   best at 1e-5 to 2e-5 and degrades at 5e-5: NielsRogge/Transformers-Tutorials#297). These come
   from the literature; they were not tuned here.
-- Linear warm-up (one epoch, or a tenth of a shorter run) then cosine decay to zero, per step.
+- Linear warm-up (one epoch, or a tenth of a shorter run, always short of the whole run;
+  --warmup-epochs 0 for none) then cosine decay to zero, per step.
 - 10 epochs: the pretrained features do most of the work; the short official Colab run of a full
   fine-tune already reaches ~97% (google-research/vision_transformer#84).
 - bf16 autocast on GPUs that have it (fp16 with loss scaling on older ones), fp32 on the CPU.
