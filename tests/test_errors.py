@@ -3,6 +3,7 @@ a resume checkpoint loaded as a DeiT release, NaN or integer weights loaded, a c
 one-image batch) and mistakes that ended in a raw traceback instead of one line naming the flag,
 field or file. Each test fails without its fix."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -111,13 +112,15 @@ def test_checkpoint_of_an_unfinished_run_says_to_resume(tmp_path):
 def test_a_last_batch_of_one_joins_the_one_before(n, batch, world):
     counts = None
     for rank in range(world):
-        batches = finetune.epoch_batches(n, batch, Dist(rank, world), seed=0, epoch=1)
-        assert len(batches) == finetune.steps_per_epoch(n, batch, world)
+        batches = finetune.epoch_batches(n, batch, Dist(rank, world), seed=0, epoch=1, merge_single=True)
+        assert len(batches) == finetune.steps_per_epoch(n, batch, world, merge_single=True)
         assert sorted(len(b) for b in batches)[0] >= min(2, sum(map(len, batches)))
         assert counts in (None, [len(b) for b in batches])  # every process steps together
         counts = [len(b) for b in batches]
     if world == 1:
         assert sorted(i for b in batches for i in b) == list(range(n))  # every image still trains
+    plain = finetune.epoch_batches(n, batch, Dist(0, world), seed=0, epoch=1)  # without BatchNorm: as it was
+    assert len(plain) == finetune.steps_per_epoch(n, batch, world) == math.ceil(math.ceil(n / world) / batch)
 
 
 def test_resnet_trains_with_a_last_batch_of_one_image(tmp_path, capsys):

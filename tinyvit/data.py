@@ -180,8 +180,9 @@ def _check_cifar_files(cls, root: Path) -> None:
     torchvision would treat them as missing: try to download (offline, the error then asks for
     the very file that is there) and, online, overwrite the user's file. A good extracted folder
     is enough on its own; without one, the archive must be good (torchvision extracts it)."""
-    from torchvision.datasets.utils import check_integrity
+    from torchvision.datasets import cifar as tv_cifar
 
+    check_integrity = tv_cifar.check_integrity  # the check torchvision's CIFAR classes run
     folder, archive = root / cls.base_folder, root / cls.filename
     members = [(folder / f, md5) for f, md5 in cls.train_list + cls.test_list + [(cls.meta["filename"], cls.meta["md5"])]]
     if all(check_integrity(str(f), md5) for f, md5 in members):

@@ -36,7 +36,8 @@ Defaults, and why:
   made a pretrained ViT predict one class), 2e-5 for everything (full fine-tuning of ViT-B is
   best at 1e-5 to 2e-5 and degrades at 5e-5: NielsRogge/Transformers-Tutorials#297). These come
   from the literature; they were not tuned here.
-- Linear warm-up (one epoch, or a tenth of a shorter run) then cosine decay to zero, per step.
+- Linear warm-up (one epoch, or a tenth of a shorter run, always short of the whole run;
+  --warmup-epochs 0 for none) then cosine decay to zero, per step.
 - 10 epochs: the pretrained features do most of the work; the short official Colab run of a full
   fine-tune already reaches ~97% (google-research/vision_transformer#84).
 - bf16 autocast on GPUs that have it (fp16 with loss scaling on older ones), fp32 on the CPU.
@@ -477,10 +478,12 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def epoch_batches(n: int, batch: int, dist: Dist, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+def epoch_batches(n: int, batch: int, dist: Dist, seed: int, epoch: int, shuffle: bool = True,
+                  merge_single: bool = False) -> list[list[int]]:
     """This process's batches of item indices for one epoch: the DistributedSampler order (a seeded
     permutation per epoch, process r taking every world-th item), cut into batches. The same
-    function with world = 1 serves a single process, so both see the same global order."""
+    function with world = 1 serves a single process, so both see the same global order.
+    merge_single: a last training batch of one image joins the one before."""
     from torch.utils.data import DistributedSampler
 
     if shuffle:
@@ -490,20 +493,20 @@ def epoch_batches(n: int, batch: int, dist: Dist, seed: int, epoch: int, shuffle
     else:  # validation: a plain shard, no padding with repeated items
         order = list(range(dist.rank, n, dist.world))
     batches = [order[i:i + batch] for i in range(0, len(order), batch)]
-    if shuffle and len(batches) > 1 and len(batches[-1]) == 1:
-        # A training batch of one image: BatchNorm in training mode cannot normalise it when the
-        # feature map is 1x1 (a ResNet's layer4 at 32 px), "Expected more than 1 value per channel".
-        # It joins the batch before. Every process has the same count (the sampler pads), so all agree.
+    if merge_single and shuffle and len(batches) > 1 and len(batches[-1]) == 1:
+        # BatchNorm in training mode cannot normalise one image when the feature map is 1x1 (a
+        # ResNet's layer4 at 32 px): "Expected more than 1 value per channel". Every process has
+        # the same count (the sampler pads), so all of them merge, or none.
         last = batches.pop()
         batches[-1] = batches[-1] + last
     return batches
 
 
-def steps_per_epoch(n: int, batch: int, world: int) -> int:
+def steps_per_epoch(n: int, batch: int, world: int, merge_single: bool = False) -> int:
     """len(epoch_batches(...)) for training, without drawing the permutation."""
     per_process = math.ceil(n / world)
     steps = math.ceil(per_process / batch)
-    return steps - 1 if steps > 1 and per_process % batch == 1 else steps
+    return steps - 1 if merge_single and steps > 1 and per_process % batch == 1 else steps
 
 
 def check_image_size(cfg: Config) -> None:
@@ -674,9 +677,10 @@ class Trainer:
         self.cache_train, self.cache_val = self._cache_plan()
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built
 
-        self.steps_per_epoch = steps_per_epoch(len(self.splits.train), self.batch, dist.world)
-        # A last batch of one image joins the one before (epoch_batches): say so once.
-        self.merged_single = self.steps_per_epoch < math.ceil(math.ceil(len(self.splits.train) / dist.world) / self.batch)
+        # With BatchNorm, a last training batch of one image joins the one before (epoch_batches).
+        self.merge_single = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self.steps_per_epoch = steps_per_epoch(len(self.splits.train), self.batch, dist.world, self.merge_single)
+        self.merged_single = self.steps_per_epoch < steps_per_epoch(len(self.splits.train), self.batch, dist.world)
         total = cfg.epochs * self.steps_per_epoch
         if cfg.warmup_epochs is None:  # one epoch, or a tenth of a shorter run, always short of the whole run
             self.warmup = min(max(1, round(min(1.0, cfg.epochs / 10) * self.steps_per_epoch)), total - 1)
@@ -687,7 +691,7 @@ class Trainer:
                                  f"({total} steps); use fewer, or 0 for no warm-up")
         self.lr = cfg.resolved_lr()
         if self.lr == 0:
-            self.warn("--lr 0: the learning rate is zero, so nothing will train (the weights stay as they are)")
+            self.warn("--lr 0: the learning rate is zero, so nothing will train")
         self.schedule = partial(lr_factor, warmup=self.warmup, total=total)
         self.optimizer = torch.optim.AdamW(freeze.param_groups(self.model, cfg.weight_decay), lr=self.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
@@ -821,7 +825,8 @@ class Trainer:
     def train_epoch(self, stop: StopRequest) -> dict:
         cfg, epoch = self.cfg, self.epoch + 1
         cached = self.is_cached("train")
-        index_batches = epoch_batches(len(self.splits.train), self.batch, self.dist, cfg.seed, epoch)
+        index_batches = epoch_batches(len(self.splits.train), self.batch, self.dist, cfg.seed, epoch,
+                                      merge_single=self.merge_single)
         start = self.batches_done
         # A resumed partial epoch holds sums over all processes: restore them on one only, since
         # state() below adds the processes' sums together.
