@@ -93,7 +93,7 @@ CASES = {
     "train-resnet50-224": Case("train", "resnet50", 224, 8, 1.0),
     "finetune-last-vit-s-224": Case("finetune-last", VIT_S, 224, 16, 20.0),
     "finetune-last-vit-b-224": Case("finetune-last", VIT_B, 224, 8, 20.0, pairs=15, note="batch 8 on 2 cores"),
-    "checkpoint-vit-s-224": Case("checkpoint", VIT_S, 224, 16, 0.0),
+    "checkpoint-vit-s-224": Case("checkpoint", VIT_S, 224, 8, 0.0),
 }
 # Smoke: two blocks of ViT-Ti at 32 px, a 2-stage-deep ResNet-18 stand-in, 3 rounds, 1 warm-up.
 SMOKE_CASES = ("infer-vit-ti-32", "train-vit-ti-32", "infer-resnet18-224", "finetune-last-vit-s-224", "checkpoint-vit-s-224")
