@@ -388,6 +388,9 @@ def merge(path: Path, rows: list) -> None:
     _write_json_atomically(path, [r for r in existing if r["case"] not in names] + rows)
 
 
+DIAGNOSTIC_SIDES = ("tinyvit-full", "tinyvit-cache")
+
+
 def _spread(s: dict) -> str:
     return f"{s['speedup_q1']:.2f}-{s['speedup_q3']:.2f} (range {s['speedup_min']:.2f}-{s['speedup_max']:.2f})"
 
@@ -403,8 +406,11 @@ def table(rows: list) -> str:
         for name, s in r["sides"].items():
             if name == r["baseline"]:
                 continue
-            goal = f">= {r['goal']:g}x" if r["goal"] else "-"
-            met = "" if not r["goal"] else (" (met)" if s["speedup"] >= r["goal"] else " (short)")
+            # The goal is for what a user runs; tinyvit-full and tinyvit-cache are there to take the
+            # result apart (fused ops alone; the cache without the reduced block).
+            has_goal = r["goal"] and name not in DIAGNOSTIC_SIDES
+            goal = f">= {r['goal']:g}x" if has_goal else "-"
+            met = "" if not has_goal else (" (met)" if s["speedup"] >= r["goal"] else " (short)")
             lines.append(
                 f"| {r['case']} | {r['batch']} | {name} vs {r['baseline']} | {goal} | {s['speedup']:.2f}x{met} | "
                 f"{_spread(s)} | {base['ms']:.0f} | {s['ms']:.0f} | {r['pairs']} |"
