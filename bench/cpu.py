@@ -93,7 +93,7 @@ CASES = {
     "train-resnet50-224": Case("train", "resnet50", 224, 8, 1.0),
     "finetune-last-vit-s-224": Case("finetune-last", VIT_S, 224, 16, 20.0),
     "finetune-last-vit-b-224": Case("finetune-last", VIT_B, 224, 8, 20.0, pairs=15, note="batch 8 on 2 cores"),
-    "checkpoint-vit-s-224": Case("checkpoint", VIT_S, 224, 16, 0.0),
+    "checkpoint-vit-s-224": Case("checkpoint", VIT_S, 224, 8, 0.0),
 }
 # Smoke: two blocks of ViT-Ti at 32 px, a 2-stage-deep ResNet-18 stand-in, 3 rounds, 1 warm-up.
 SMOKE_CASES = ("infer-vit-ti-32", "train-vit-ti-32", "infer-resnet18-224", "finetune-last-vit-s-224", "checkpoint-vit-s-224")
@@ -388,6 +388,9 @@ def merge(path: Path, rows: list) -> None:
     _write_json_atomically(path, [r for r in existing if r["case"] not in names] + rows)
 
 
+DIAGNOSTIC_SIDES = ("tinyvit-full", "tinyvit-cache")
+
+
 def _spread(s: dict) -> str:
     return f"{s['speedup_q1']:.2f}-{s['speedup_q3']:.2f} (range {s['speedup_min']:.2f}-{s['speedup_max']:.2f})"
 
@@ -403,8 +406,11 @@ def table(rows: list) -> str:
         for name, s in r["sides"].items():
             if name == r["baseline"]:
                 continue
-            goal = f">= {r['goal']:g}x" if r["goal"] else "-"
-            met = "" if not r["goal"] else (" (met)" if s["speedup"] >= r["goal"] else " (short)")
+            # The goal is for what a user runs; tinyvit-full and tinyvit-cache are there to take the
+            # result apart (fused ops alone; the cache without the reduced block).
+            has_goal = r["goal"] and name not in DIAGNOSTIC_SIDES
+            goal = f">= {r['goal']:g}x" if has_goal else "-"
+            met = "" if not has_goal else (" (met)" if s["speedup"] >= r["goal"] else " (short)")
             lines.append(
                 f"| {r['case']} | {r['batch']} | {name} vs {r['baseline']} | {goal} | {s['speedup']:.2f}x{met} | "
                 f"{_spread(s)} | {base['ms']:.0f} | {s['ms']:.0f} | {r['pairs']} |"

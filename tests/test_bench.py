@@ -323,3 +323,47 @@ def test_targets_refuse_to_put_smoke_rows_in_the_readme(tmp_path):
     with pytest.raises(SystemExit):
         targets.main(["--results", str(results), "--update-readme", "--readme", str(readme)])
     assert readme.read_text() == f"{targets.BEGIN}\nx\n{targets.END}\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU mode (bench/cpu.py): rotated rounds, per-round ratios, every case kind in smoke mode.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cpu_rounds_rotate_the_order_and_ratio_within_each_round():
+    from bench import cpu
+
+    order = []
+    sides = {"a": lambda: order.append("a"), "b": lambda: (order.append("b"), time.sleep(0.004))}
+    stats = cpu.rounds(sides, "b", pairs=4, warmup=1)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]
+    assert stats["b"]["speedup"] == 1.0 and stats["a"]["speedup"] > 1.5  # a is faster than the baseline b
+    assert stats["a"]["speedup_min"] <= stats["a"]["speedup_q1"] <= stats["a"]["speedup"] <= stats["a"]["speedup_q3"]
+
+
+def test_cpu_smoke_runs_every_case_kind(tmp_path):
+    from bench import cpu
+
+    out = tmp_path / "cpu.json"
+    bench_main(["cpu", "--smoke", "--out", str(out)])
+    rows = json.loads(out.read_text())
+    assert {r["kind"] for r in rows} == {"infer", "train", "finetune-last", "checkpoint"}
+    for r in rows:
+        assert r["smoke"] and r["pairs"] == 3 and r["env"]["threads"] >= 1 and r["env"]["torch"]
+        assert all(s["ms"] > 0 and s["speedup_min"] <= s["speedup"] <= s["speedup_max"] for s in r["sides"].values())
+    finetune = next(r for r in rows if r["kind"] == "finetune-last")
+    assert set(finetune["sides"]) == {"timm-frozen", "tinyvit-cache", "tinyvit-cache-reduced"}
+    assert finetune["trained_flops_reduced"] < finetune["trained_flops_full"]
+    memory = next(r for r in rows if r["kind"] == "checkpoint")["memory"]
+    assert memory["plain"]["maxrss_peak_mib"] > 0 and memory["checkpoint"]["maxrss_peak_mib"] > 0
+    assert "| finetune-last-vit-s-224 |" in cpu.table(rows)
+
+
+def test_cpu_options_are_checked(capsys):
+    from bench import cpu
+
+    with pytest.raises(SystemExit):
+        cpu.main(["--cases", "infer-vit-xl"])
+    assert "unknown infer-vit-xl" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cpu.main(["--smoke", "--out", str(cpu.RESULTS)])
