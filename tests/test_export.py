@@ -229,7 +229,7 @@ def test_timm_export_loads_in_timm_with_the_same_logits(tmp_path, kw):
     # timm's own preprocessing from the exported pretrained_cfg: resize 40 (short side), crop 32
     data = timm.data.resolve_data_config({}, model=by_dir)
     assert data["input_size"] == (3, 32, 32) and data["interpolation"] == "bicubic"
-    assert data["mean"] == IMAGENET_MEAN and config["label_names"][2] == "c2"
+    assert tuple(data["mean"]) == IMAGENET_MEAN and config["label_names"][2] == "c2"
     resize = timm.data.create_transform(**data).transforms[0]
     assert resize.size == 40
 
