@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import warnings
 
 import numpy as np
@@ -244,6 +245,20 @@ def test_timm_export_of_a_plain_resize_squashes(tmp_path):
     assert quiet(tinyvit.load_pretrained, out).preprocess == PLAIN
 
 
+def test_crop_pct_lands_on_the_resize_size():
+    """timm resizes to floor(size / crop_pct): the exported crop_pct must give resize_size back
+    exactly, and tinyvit's reader of timm configs the whole recipe."""
+    from tinyvit.convert import preprocess_from_timm
+
+    for size in range(16, 520, 7):
+        for resize in range(size + 1, 2 * size, 3):
+            pre = Preprocess(size, HALF, HALF, "bicubic", resize)
+            pct, mode = ex._crop_pct(pre)
+            assert math.floor(size / pct) == resize and mode == "center"
+            assert preprocess_from_timm({"input_size": (3, size, size), "crop_pct": pct, "crop_mode": mode,
+                                         "interpolation": "bicubic", "mean": HALF, "std": HALF}) == pre
+
+
 def test_preset_architectures_keep_their_timm_name():
     name, args = ex.timm_model_args(tinyvit.create_model("deit_small_distilled_patch16_224"))
     assert name == "deit_small_distilled_patch16_224" and args["embed_dim"] == 384
@@ -374,6 +389,16 @@ def test_forward_intermediates_bad_arguments_are_named():
         model.forward_intermediates(X, indices=[5])
     with pytest.raises(ValueError, match="output_fmt='NHWC'"):
         model.forward_intermediates(X, output_fmt="NHWC")
+
+
+def test_forward_intermediates_nchw_needs_a_patch_grid():
+    """Blocks that change the token count (TokenLearner) have no map to return: NLC only."""
+    model = tiny()
+    last = model.blocks[1].forward
+    model.blocks[1].forward = lambda x, **kw: last(x)[:, :9]  # class token + 8 tokens
+    with pytest.raises(ValueError, match=r"\[17, 8\] tokens, not a 4x4 patch grid; use 'NLC'"):
+        model.forward_intermediates(X)
+    assert model.forward_intermediates(X, output_fmt="NLC", intermediates_only=True)[1].shape == (3, 8, 64)
 
 
 def test_distilled_pre_logits_and_headless_forward_match_timm():
