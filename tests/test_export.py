@@ -281,6 +281,34 @@ def test_resnet_exports_to_timm_and_refuses_hf(tmp_path, block, layers):
     assert not (tmp_path / "hf").exists()
 
 
+def test_a_finetuned_run_exports_to_both_and_the_libraries_agree(tmp_path, capsys):
+    """The issue's 'done when': a real (tiny, one-epoch) tinyvit.finetune run, exported with the
+    command line to both formats; transformers and timm load the folders and give tinyvit's logits."""
+    import timm
+    import transformers
+
+    from tinyvit import finetune
+
+    run = tmp_path / "run"
+    assert finetune.main(["--model", "deit_tiny_distilled_patch16_224", "--weights", "none", "--image-size", "32",
+                          "--override", "patch_size=8,dim=32,depth=2,num_heads=2,mlp_dim=64",
+                          "--dataset", "synthetic", "--limit-train", "32", "--limit-val", "16", "--batch-size", "16",
+                          "--num-workers", "0", "--no-progress", "--epochs", "1", "--out", str(run)]) == 0
+    model = quiet(tinyvit.load_pretrained, run)
+    classes = json.loads((run / "classes.json").read_text())
+    x = torch.randn(2, 3, 32, 32)
+    assert ex.main([str(run), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert ex.main([str(run), "--to", "timm", "--out", str(tmp_path / "timm")]) == 0
+    capsys.readouterr()
+    with transformers_log() as records:
+        hf = transformers.DeiTForImageClassificationWithTeacher.from_pretrained(tmp_path / "hf").eval()
+    assert records == [] and [hf.config.id2label[i] for i in range(len(classes))] == classes
+    tm = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=x).logits, model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tm(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals, sources, the command line
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +424,7 @@ def test_forward_intermediates_nchw_needs_a_patch_grid():
     model = tiny()
     last = model.blocks[1].forward
     model.blocks[1].forward = lambda x, **kw: last(x)[:, :9]  # class token + 8 tokens
-    with pytest.raises(ValueError, match=r"\[17, 8\] tokens, not a 4x4 patch grid; use 'NLC'"):
+    with pytest.raises(ValueError, match=r"\[16, 8\] tokens, not a 4x4 patch grid; use 'NLC'"):
         model.forward_intermediates(X)
     assert model.forward_intermediates(X, output_fmt="NLC", intermediates_only=True)[1].shape == (3, 8, 64)
 
