@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import warnings
 
 import numpy as np
@@ -229,7 +230,7 @@ def test_timm_export_loads_in_timm_with_the_same_logits(tmp_path, kw):
     # timm's own preprocessing from the exported pretrained_cfg: resize 40 (short side), crop 32
     data = timm.data.resolve_data_config({}, model=by_dir)
     assert data["input_size"] == (3, 32, 32) and data["interpolation"] == "bicubic"
-    assert data["mean"] == IMAGENET_MEAN and config["label_names"][2] == "c2"
+    assert tuple(data["mean"]) == IMAGENET_MEAN and config["label_names"][2] == "c2"
     resize = timm.data.create_transform(**data).transforms[0]
     assert resize.size == 40
 
@@ -242,6 +243,20 @@ def test_timm_export_of_a_plain_resize_squashes(tmp_path):
     first = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model)).transforms[0]
     assert first.size == (32, 32)  # straight to the square, nothing cropped
     assert quiet(tinyvit.load_pretrained, out).preprocess == PLAIN
+
+
+def test_crop_pct_lands_on_the_resize_size():
+    """timm resizes to floor(size / crop_pct): the exported crop_pct must give resize_size back
+    exactly, and tinyvit's reader of timm configs the whole recipe."""
+    from tinyvit.convert import preprocess_from_timm
+
+    for size in range(16, 520, 7):
+        for resize in range(size + 1, 2 * size, 3):
+            pre = Preprocess(size, HALF, HALF, "bicubic", resize)
+            pct, mode = ex._crop_pct(pre)
+            assert math.floor(size / pct) == resize and mode == "center"
+            assert preprocess_from_timm({"input_size": (3, size, size), "crop_pct": pct, "crop_mode": mode,
+                                         "interpolation": "bicubic", "mean": HALF, "std": HALF}) == pre
 
 
 def test_preset_architectures_keep_their_timm_name():
@@ -264,6 +279,34 @@ def test_resnet_exports_to_timm_and_refuses_hf(tmp_path, block, layers):
     with pytest.raises(ex.ExportError, match="ResNet.*export it --to timm"):
         ex.export_hf(model, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_finetuned_run_exports_to_both_and_the_libraries_agree(tmp_path, capsys):
+    """The issue's 'done when': a real (tiny, one-epoch) tinyvit.finetune run, exported with the
+    command line to both formats; transformers and timm load the folders and give tinyvit's logits."""
+    import timm
+    import transformers
+
+    from tinyvit import finetune
+
+    run = tmp_path / "run"
+    assert finetune.main(["--model", "deit_tiny_distilled_patch16_224", "--weights", "none", "--image-size", "32",
+                          "--override", "patch_size=8,dim=32,depth=2,num_heads=2,mlp_dim=64",
+                          "--dataset", "synthetic", "--limit-train", "32", "--limit-val", "16", "--batch-size", "16",
+                          "--num-workers", "0", "--no-progress", "--epochs", "1", "--out", str(run)]) == 0
+    model = quiet(tinyvit.load_pretrained, run)
+    classes = json.loads((run / "classes.json").read_text())
+    x = torch.randn(2, 3, 32, 32)
+    assert ex.main([str(run), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert ex.main([str(run), "--to", "timm", "--out", str(tmp_path / "timm")]) == 0
+    capsys.readouterr()
+    with transformers_log() as records:
+        hf = transformers.DeiTForImageClassificationWithTeacher.from_pretrained(tmp_path / "hf").eval()
+    assert records == [] and [hf.config.id2label[i] for i in range(len(classes))] == classes
+    tm = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=x).logits, model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tm(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +417,16 @@ def test_forward_intermediates_bad_arguments_are_named():
         model.forward_intermediates(X, indices=[5])
     with pytest.raises(ValueError, match="output_fmt='NHWC'"):
         model.forward_intermediates(X, output_fmt="NHWC")
+
+
+def test_forward_intermediates_nchw_needs_a_patch_grid():
+    """Blocks that change the token count (TokenLearner) have no map to return: NLC only."""
+    model = tiny()
+    last = model.blocks[1].forward
+    model.blocks[1].forward = lambda x, **kw: last(x)[:, :9]  # class token + 8 tokens
+    with pytest.raises(ValueError, match=r"\[16, 8\] tokens, not a 4x4 patch grid; use 'NLC'"):
+        model.forward_intermediates(X)
+    assert model.forward_intermediates(X, output_fmt="NLC", intermediates_only=True)[1].shape == (3, 8, 64)
 
 
 def test_distilled_pre_logits_and_headless_forward_match_timm():

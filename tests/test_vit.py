@@ -264,8 +264,8 @@ def test_same_logits_as_timm_with_the_same_weights(distilled):
 
 def test_mean_pool_without_class_token_has_no_prefix():
     """Without a class token there are no prefix tokens: positions cover the patch grid only.
-    (timm's avg-pool ViT normalises after pooling, fc_norm; tinyvit, like Google's GAP variant and
-    big_vision, normalises the tokens and then pools.)"""
+    (By default tinyvit, like Google's GAP variant and big_vision, normalises the tokens and then
+    pools; fc_norm=True pools and then normalises, as timm's avg-pool ViT: tests/test_export.py.)"""
     model = tiny(pool="mean", class_token=False)
     assert model.num_prefix_tokens == 0 and model.cls_token is None
     assert model.pos_embed.shape == (1, 16, 64)

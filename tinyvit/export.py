@@ -27,10 +27,11 @@ table; the row that produces it names the key to write, and a fused qkv is cut b
 and v thirds. Reading the export back gives the same keys and tensors (tests/test_export.py).
 
 What a target cannot represent is refused, one line naming the config field: fixed sin-cos positions
-(both store learned ones), pooling other than the class token and the in21k pre-logits layer for
-transformers (its classifier reads the normalised h[:, 0]), a LayerNorm eps other than 1e-6 for timm
-(its ViT hard-codes it), TokenLearner, and any config field this module does not know. Training-only
-settings (dropout, stochastic depth, the kernels) do not change the logits and are left out.
+(both store learned ones), the in21k pre-logits layer and TokenLearner (neither has them), pooling
+other than the class token for transformers (its classifier reads the normalised h[:, 0]), a
+LayerNorm eps other than 1e-6 for timm (its ViT hard-codes it), and any config field this module does
+not know. Training-only settings (dropout, stochastic depth, the kernels) do not change the logits
+and are left out of timm's model_args.
 """
 from __future__ import annotations
 
@@ -137,6 +138,7 @@ _KNOWN = {
     "image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "num_heads", "mlp_dim",
     "qkv_bias", "patch_embed", "pos_embed", "class_token", "pool", "fc_norm", "distilled", "pre_logits",
     "norm_eps", "act", "dropout", "attn_dropout", "drop_path", "kernels",
+    "token_learner_at",  # where TokenLearner sits; token_learner_tokens > 0 is refused below
 }
 
 

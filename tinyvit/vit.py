@@ -706,6 +706,9 @@ class VisionTransformer(nn.Module):
         intermediates = [y[:, p:] for y in intermediates]
         if output_fmt == "NCHW":
             g = self.cfg.grid_size
+            if any(y.shape[1] != g * g for y in intermediates):  # e.g. tokens learned, not a patch grid
+                n = [y.shape[1] for y in intermediates]
+                raise ValueError(f"output_fmt='NCHW': the blocks return {n} tokens, not a {g}x{g} patch grid; use 'NLC'")
             intermediates = [rearrange(y, "b (gh gw) d -> b d gh gw", gh=g).contiguous() for y in intermediates]
         if return_prefix_tokens and p:
             intermediates = list(zip(intermediates, prefix))
