@@ -87,7 +87,7 @@ def split_values(text: str) -> list[str]:
     """'2,4' -> ['2', '4']; commas inside brackets stay: '[1,1,1,1],[2,2,2,2]' -> two values."""
     out, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch in "[(" 
+        depth += ch in "[("
         depth -= ch in "])"
         if ch == "," and depth == 0:
             out.append(cur)
@@ -512,7 +512,11 @@ def main(argv=None) -> int:
         f"{math.prod(len(v) for v in grid.values())} config(s) x {len(args.seeds)} seed(s) = {len(runs)} runs on "
         f"{cfg.dataset} ({full:,} training images)" +
         ("" if args.same_epochs else f"; {runs[0].steps} optimizer steps each (smaller subsets: more passes)"))
-    code = execute(runs, args.jobs, log)
+    try:
+        code = execute(runs, args.jobs, log)
+    except KeyboardInterrupt:  # between two runs (inside one, finetune saves a checkpoint and returns 130)
+        log("interrupted: finished runs are kept; run the same command again to continue the study")
+        code = 130
     rows = gather(runs, full)
     if rows:
         write_csv(rows, out / "results.csv")
