@@ -207,3 +207,14 @@ def test_hf_through_finetune_and_a_bad_source(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         finetune.main(["--dataset", f"hf:{tmp_path / 'empty'}", "--weights", "none", "--out", str(tmp_path / "r2")])
     assert "cannot load it" in str(e.value) and not (tmp_path / "r2").exists()
+
+
+def test_unknown_dataset_is_a_usage_error_naming_the_choices(capsys):
+    from tinyvit import finetune
+
+    assert finetune.parse_args(["--dataset", "hf:cifar10"])[0].dataset == "hf:cifar10"
+    for bad in ("mnist2", "hf:"):
+        with pytest.raises(SystemExit) as e:
+            finetune.parse_args(["--dataset", bad])
+        assert e.value.code == 2
+        assert "digits, mnist, fashion-mnist or hf:NAME_OR_PATH" in capsys.readouterr().err

@@ -59,6 +59,12 @@ def test_plan_grid_and_budget(tmp_path):
     assert small.repeat == 10 and small.epochs == 3 and small.passes == 30
     assert "--limit-train" in small.argv and "--data-seed" in small.argv and small.argv[small.argv.index("--data-seed") + 1] == "7"
     assert "--limit-train" not in next(r for r in runs if r.size == 1000).argv
+    # A model's own --epochs / --batch-size give it its own budget; its flags come after the common ones.
+    own = study.plan(models, [100, 1000], {}, [0], 1000, 100, None, 3, False, 0, tmp_path, ["--epochs", "3"],
+                     per_model={"vit": (50, 2)})
+    assert {r.steps for r in own if r.model.label == "vit"} == {40} and {r.steps for r in own if r.model.label == "resnet18"} == {30}
+    vit_argv = next(r.argv for r in own if r.model.label == "vit")
+    assert vit_argv.index("--image-size") > vit_argv.index("--epochs")
     same = study.plan(models[:1], [100], {}, [0], 1000, 100, None, 3, True, 0, tmp_path, [])
     assert same[0].epochs == 3 and same[0].steps == 3
     assert study.parse_size("0.25", 1347) == 337 and study.parse_size("200", 1347) == 200

@@ -56,19 +56,24 @@ print(f"the 67-image subset lies inside the 539-image one: {set(small.indices) <
 
 # %% [markdown]
 # **Different amounts of training.** With a fixed number of *epochs*, 5% of the data gets 5% of
-# the optimizer steps, and the curve measures training length instead of data. So every run gets
-# the same number of steps, and a smaller subset makes more passes over its images. Here is the
-# plan `make demo` runs (nothing trains yet):
+# the optimizer steps, and the curve measures training length instead of data. So every run of a
+# model gets the same number of steps, and a smaller subset makes more passes over its images.
+# Here is the plan `make demo` runs (nothing trains yet). Each model has its own budget, set by its
+# own `--epochs` of the full split: the ViT 7, the ResNet-18 2, because a ResNet-18 step costs
+# about four ViT steps on a CPU and the whole study has to fit in a few minutes.
 
 # %%
-models = [study.parse_model("vit=vit_tiny_patch16_224 --image-size 16"), study.parse_model("resnet18")]
+models = [study.parse_model("vit=vit_tiny_patch16_224 --epochs 7"), study.parse_model("resnet18=resnet18 --epochs 2")]
 sizes = [study.parse_size(s, len(splits.train)) for s in ("0.05", "0.15", "0.4", "1.0")]
-runs = study.plan(models[:1], sizes, {}, [0], full=len(splits.train), batch=128, steps=132, epochs=12,
-                  same_epochs=False, data_seed=0, out=OUT, passthrough=[])
-print(f"{'images':>7} {'steps':>6} {'passes over them':>17}")
+runs = study.plan(models, sizes, {}, [0], full=len(splits.train), batch=64, steps=None, epochs=7,
+                  same_epochs=False, data_seed=0, out=OUT, passthrough=[],
+                  per_model={"vit": (64, 7), "resnet18": (64, 2)})
+print(f"{'model':>9} {'images':>7} {'steps':>6} {'passes over them':>17}")
 for r in runs:
-    print(f"{r.size:>7} {r.steps:>6} {r.passes:>17}")
-assert max(r.steps for r in runs) - min(r.steps for r in runs) <= 0.1 * runs[-1].steps
+    print(f"{r.model.label:>9} {r.size:>7} {r.steps:>6} {r.passes:>17}")
+for m in models:
+    steps = [r.steps for r in runs if r.model == m]
+    assert max(steps) - min(steps) <= 0.15 * max(steps)  # the same budget, up to whole epochs
 
 # %% [markdown]
 # ## Running a study
@@ -97,9 +102,9 @@ work.cleanup()
 # upsampled to 16 px, 16 tokens, mean pooling) against torchvision's ResNet-18 (11.2M parameters,
 # digits upsampled to 32 px), both from random weights with the `scratch` recipe (RandAugment,
 # label smoothing, random erasing; MixUp/CutMix off for runs this short), at 4 training-set sizes
-# and 2 seeds, the same number of optimizer steps for every run. Its `results.csv` is committed in
-# `studies/digits-scaling/`; the plot below is drawn from it (`make demo` redraws it as
-# `scaling.png`).
+# and 2 seeds: 154 steps of 64 images for every ViT run, 44 for every ResNet run, about 7 minutes
+# on 2 CPU cores. Its `results.csv` is committed in `studies/digits-scaling/`; the plot below is
+# drawn from it (`make demo` redraws it as `scaling.png`).
 
 # %%
 rows = list(csv.DictReader(open(RESULTS / "results.csv")))
@@ -135,24 +140,26 @@ print("saved", OUT / "11_data_scaling.png")
 # %% [markdown]
 # ## Reading the plot
 #
-# Both curves rise with data, as they must. What matters is the gap between them and how it
-# changes with size:
+# Both curves rise with data. What matters is the gap between them, and what limits each model:
 #
-# - **At the smallest size the CNN is far ahead.** With a handful of images per class, the
+# - **The CNN is far ahead, most of all at the smallest size.** With 6-7 images per class the
 #   ResNet's convolutions already compute local, position-independent features; it only has to
-#   learn which strokes matter. The ViT must first learn that neighbouring patches belong
-#   together and what a stroke looks like at each position, from the same few images.
-# - **The gap narrows as the data grows.** Each added image teaches the ViT some of what the
-#   convolution was given for free. This is the ViT paper's finding (Dosovitskiy et al. 2021,
-#   fig. 3 and 4) in miniature: trained on little data the CNN wins; with enough data the ViT's
-#   weaker assumptions stop costing and its flexibility starts to pay. On 1,347 digits and a CPU
-#   budget we see only the first half of that story.
+#   learn which strokes matter, and 44 steps are enough for ~89%. The ViT must first learn that
+#   neighbouring patches belong together and what a stroke looks like at each of its 16
+#   positions, from the same few images.
+# - **The ViT is budget-bound as much as data-bound.** Its curve is low everywhere and its seeds
+#   disagree by up to 10 points: 154 steps are far from enough for it (with 1,100 steps on all
+#   1,347 images the same ViT reaches 99.3%, README "Studies"). The gap narrows a little as data
+#   grows, which is the ViT paper's finding (Dosovitskiy et al. 2021, fig. 3 and 4) in miniature:
+#   with little data the CNN wins, and each added image teaches the ViT some of what the
+#   convolution was given for free. A larger step budget (`--epochs` per model, or `--steps`)
+#   is the first thing to change when you have more than a few CPU minutes.
 #
-# Keep the limits in view: two seeds, one small dataset, one fixed step budget (`results.csv`
-# records it), and two models of very different size and cost. The ViT here is 37× smaller than
-# the ResNet; a fair "which architecture is better" claim would match parameters or compute
-# (`results.csv` has both) and tune each model's recipe. What the plot shows robustly is the
-# shape: a model with less built-in knowledge about images needs more images.
+# Keep the limits in view: two seeds, one small dataset, a CPU-sized budget that differs between
+# the models (`results.csv` records steps, parameters and FLOPs per image for each run), and two
+# models of very different size: the ViT is 37× smaller. A fair "which architecture is better"
+# claim would match compute and tune each model's recipe. What the plot shows robustly is the
+# shape: the model with less built-in knowledge about images needs more images, and more steps.
 
 # %%
 small_n, large_n = sizes[0], sizes[-1]
