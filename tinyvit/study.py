@@ -185,8 +185,19 @@ def state(run: Run) -> str:
     if (run.out / "summary.json").is_file():
         return "done"
     if (run.out / "checkpoint.pt").is_file():
-        return "resume"
+        return "resume" if _checkpoint_epoch(run) < run.epochs else "new"  # stopped while writing its summary
     return "new"
+
+
+def _checkpoint_epoch(run: Run) -> float:
+    """How far an interrupted run got (epochs, fractional mid-epoch); 0 for an unreadable checkpoint."""
+    import torch
+
+    try:
+        ckpt = torch.load(run.out / "checkpoint.pt", map_location="cpu", weights_only=True)
+        return ckpt["epoch"] + (0.5 if ckpt["batches_done"] else 0.0)
+    except Exception:
+        return 0.0
 
 
 def command(run: Run) -> list[str]:
