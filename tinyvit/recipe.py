@@ -29,6 +29,11 @@ shears by 0.27; TrivialAugmentWide may rotate by up to 135 degrees and turn a 6 
 `--recipe scratch` sets all of the above at once (SCRATCH below), together with random weights,
 every layer trainable and a learning rate for training from scratch; each explicit flag wins over
 the bundle (`--recipe scratch --mixup 0` is the bundle without MixUp).
+
+Measured on the digits (README "Studies", 2 CPU cores): with `--recipe scratch --mixup 0 --cutmix 0`
+a 0.3M-parameter ViT reaches 99.33% validation accuracy after 100 epochs and ResNet-18 99.33% after
+8; with MixUp and CutMix on as well the ViT had 79.8% after 40 epochs. The mixing pays over long
+schedules (DeiT's 300 epochs) and slows short ones down.
 """
 from __future__ import annotations
 
