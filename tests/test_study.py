@@ -104,15 +104,15 @@ def test_flops_counter_counts_convs_linears_and_attention():
 
 def test_an_interrupted_run_is_resumed_and_jobs_run_in_processes(tmp_path, capsys):
     out = tmp_path / "study"
-    args = ["--out", str(out), "--models", TINY_VIT, "--train-sizes", "16", "--seeds", "0", "1", "--same-epochs",
+    args = ["--out", str(out), "--models", TINY_VIT, "--train-sizes", "32", "--seeds", "0", "1", "--same-epochs",
             *COMMON[:-2], "--epochs", "2"]
-    runs = study.plan([study.parse_model(TINY_VIT)], [16], {}, [0, 1], 1347, 16, None, 2, True, 0, out, [])
+    runs = study.plan([study.parse_model(TINY_VIT)], [32], {}, [0, 1], 1347, 16, None, 2, True, 0, out, [])
     # As if the study had been stopped after the first epoch of seed 0: a checkpoint, no summary.
     from tinyvit import finetune
 
     first = runs[0]
     argv = [*first.argv[:first.argv.index("--out")], *COMMON[1:-2], "--out", str(first.out), "--seed", "0",
-            "--data-seed", "0", "--epochs", "1", "--no-progress", "--limit-train", "16"]
+            "--data-seed", "0", "--epochs", "1", "--no-progress", "--limit-train", "32"]
     assert finetune.main(argv) == 0
     (first.out / "summary.json").unlink()
     assert study.state(first) == "resume"
