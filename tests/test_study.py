@@ -117,7 +117,7 @@ def test_an_interrupted_run_is_resumed_and_jobs_run_in_processes(tmp_path, capsy
     (first.out / "summary.json").unlink()
     assert study.state(first) == "resume"
     # Two runs at once in processes: seed 0 continues from its checkpoint, seed 1 starts.
-    assert study.main(args + ["--jobs", "2"]) == 0
+    assert study.main(["--jobs", "2", *args]) == 0
     log = (first.out / "train.log").read_text()
     assert "--resume" in log and "resuming" in log
     history = [json.loads(l) for l in (first.out / "metrics.jsonl").read_text().splitlines()]

@@ -60,7 +60,9 @@ print(f"the 67-image subset lies inside the 539-image one: {set(small.indices) <
 # model gets the same number of steps, and a smaller subset makes more passes over its images.
 # Here is the plan `make demo` runs (nothing trains yet). Each model has its own budget, set by its
 # own `--epochs` of the full split: the ViT 7, the ResNet-18 2, because a ResNet-18 step costs
-# about four ViT steps on a CPU and the whole study has to fit in a few minutes.
+# about 3.5 ViT steps on a CPU and the whole study has to fit in a few minutes. Runs come in whole
+# epochs, so a budget is met to within a few steps (here at worst 51 steps for 44, for the ResNet
+# on 539 images).
 
 # %%
 models = [study.parse_model("vit=vit_tiny_patch16_224 --epochs 7"), study.parse_model("resnet18=resnet18 --epochs 2")]
@@ -71,9 +73,8 @@ runs = study.plan(models, sizes, {}, [0], full=len(splits.train), batch=64, step
 print(f"{'model':>9} {'images':>7} {'steps':>6} {'passes over them':>17}")
 for r in runs:
     print(f"{r.model.label:>9} {r.size:>7} {r.steps:>6} {r.passes:>17}")
-for m in models:
-    steps = [r.steps for r in runs if r.model == m]
-    assert max(steps) - min(steps) <= 0.15 * max(steps)  # the same budget, up to whole epochs
+budget = {"vit": 7 * 22, "resnet18": 2 * 22}  # epochs x steps per epoch of the full split (1,347 / 64)
+assert all(abs(r.steps - budget[r.model.label]) <= 0.2 * budget[r.model.label] for r in runs)
 
 # %% [markdown]
 # ## Running a study
