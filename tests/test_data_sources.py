@@ -23,7 +23,7 @@ def test_digits_split_is_fixed_stratified_and_real():
     splits = data.load_splits("digits")
     assert splits.classes == [str(c) for c in range(10)]
     assert len(splits.train) == 1347 and len(splits.val) == 450
-    assert splits.low_res and splits.source_size == 8 and not splits.flip
+    assert splits.low_res and splits.source_size == 8 and not splits.flip and not splits.shift
     # Stratified: each class keeps its share of the 450 in validation (a quarter of its images).
     raw = load_digits()
     total = np.bincount(raw.target, minlength=10)
@@ -56,14 +56,17 @@ def test_digits_without_scikit_learn_names_the_extra(monkeypatch):
         data.load_splits("digits")
 
 
-def test_digits_transforms_upsample_and_shift_without_flipping():
+def test_digits_transforms_upsample_without_shifts_or_flips():
     splits = data.load_splits("digits")
     pre = Preprocess(16, HALF, HALF, "bilinear", None)
-    train_tf, eval_tf = data.transforms(pre, True, True, source_size=splits.source_size, flip=splits.flip)
+    train_tf, eval_tf = data.transforms(pre, True, True, source_size=splits.source_size, flip=splits.flip,
+                                        shift=splits.shift)
     img, _ = splits.train[3]
     x = eval_tf(img)
     assert x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
-    assert "HorizontalFlip" not in repr(train_tf) and "RandomCrop(size=(8, 8), padding=1" in repr(train_tf)
+    assert "HorizontalFlip" not in repr(train_tf) and "RandomCrop" not in repr(train_tf)
+    cifar_like, _ = data.transforms(pre, True, True, source_size=8)
+    assert "HorizontalFlip" in repr(cifar_like) and "RandomCrop(size=(8, 8), padding=1" in repr(cifar_like)
     torch.manual_seed(0)
     assert train_tf(img).shape == (3, 16, 16)
 
@@ -204,3 +207,14 @@ def test_hf_through_finetune_and_a_bad_source(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         finetune.main(["--dataset", f"hf:{tmp_path / 'empty'}", "--weights", "none", "--out", str(tmp_path / "r2")])
     assert "cannot load it" in str(e.value) and not (tmp_path / "r2").exists()
+
+
+def test_unknown_dataset_is_a_usage_error_naming_the_choices(capsys):
+    from tinyvit import finetune
+
+    assert finetune.parse_args(["--dataset", "hf:cifar10"])[0].dataset == "hf:cifar10"
+    for bad in ("mnist2", "hf:"):
+        with pytest.raises(SystemExit) as e:
+            finetune.parse_args(["--dataset", bad])
+        assert e.value.code == 2
+        assert "digits, mnist, fashion-mnist or hf:NAME_OR_PATH" in capsys.readouterr().err

@@ -59,6 +59,12 @@ def test_plan_grid_and_budget(tmp_path):
     assert small.repeat == 10 and small.epochs == 3 and small.passes == 30
     assert "--limit-train" in small.argv and "--data-seed" in small.argv and small.argv[small.argv.index("--data-seed") + 1] == "7"
     assert "--limit-train" not in next(r for r in runs if r.size == 1000).argv
+    # A model's own --epochs / --batch-size give it its own budget; its flags come after the common ones.
+    own = study.plan(models, [100, 1000], {}, [0], 1000, 100, None, 3, False, 0, tmp_path, ["--epochs", "3"],
+                     per_model={"vit": (50, 2)})
+    assert {r.steps for r in own if r.model.label == "vit"} == {40} and {r.steps for r in own if r.model.label == "resnet18"} == {30}
+    vit_argv = next(r.argv for r in own if r.model.label == "vit")
+    assert vit_argv.index("--image-size") > vit_argv.index("--epochs")
     same = study.plan(models[:1], [100], {}, [0], 1000, 100, None, 3, True, 0, tmp_path, [])
     assert same[0].epochs == 3 and same[0].steps == 3
     assert study.parse_size("0.25", 1347) == 337 and study.parse_size("200", 1347) == 200
@@ -94,3 +100,27 @@ def test_flops_counter_counts_convs_linears_and_attention():
     resnet = create_model("resnet18", num_classes=1000)
     assert abs(study._flops_per_image(resnet) / 1e9 - 3.64) < 0.05  # 1.82 GMACs at 224 px, the usual table
     assert not any(m._forward_hooks for m in resnet.modules())
+
+
+def test_an_interrupted_run_is_resumed_and_jobs_run_in_processes(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["--out", str(out), "--models", TINY_VIT, "--train-sizes", "32", "--seeds", "0", "1", "--same-epochs",
+            *COMMON[:-2], "--epochs", "2"]
+    runs = study.plan([study.parse_model(TINY_VIT)], [32], {}, [0, 1], 1347, 16, None, 2, True, 0, out, [])
+    # As if the study had been stopped after the first epoch of seed 0: a checkpoint, no summary.
+    from tinyvit import finetune
+
+    first = runs[0]
+    argv = [*first.argv[:first.argv.index("--out")], *COMMON[1:-2], "--out", str(first.out), "--seed", "0",
+            "--data-seed", "0", "--epochs", "1", "--no-progress", "--limit-train", "32"]
+    assert finetune.main(argv) == 0
+    (first.out / "summary.json").unlink()
+    assert study.state(first) == "resume"
+    # Two runs at once in processes: seed 0 continues from its checkpoint, seed 1 starts.
+    assert study.main(["--jobs", "2", *args]) == 0
+    log = (first.out / "train.log").read_text()
+    assert "--resume" in log and "resuming" in log
+    history = [json.loads(l) for l in (first.out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["seed"] for r in rows) == ["0", "1"] and all(r["epochs"] == "2" for r in rows)

@@ -42,6 +42,9 @@ LOW_RES = ("cifar10", "cifar100", "synthetic", "digits", "mnist", "fashion-mnist
 # Sources whose mirror image is another thing or nothing (a mirrored 3 is not a digit): no flips.
 NO_FLIP = ("digits", "mnist")
 SOURCE_SIZE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # a low-res source's side, when not CIFAR's 32
+# The UCI digits are centred and size-normalised scans of 8 blocks a side: a one-block shift moves a
+# stroke by 12% of the image, a distortion the validation images never show. No shifts for them.
+NO_SHIFT = ("digits",)
 HF_PREFIX = "hf:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -441,6 +444,7 @@ class Splits:
     low_res: bool  # a 32-pixel source, upsampled straight to the model's square
     source_size: int = 32  # a low-res source's image side (CIFAR 32, digits 8): its augmentation crops at it
     flip: bool = True  # horizontal flips are a valid augmentation (not for digits: see NO_FLIP)
+    shift: bool = True  # random shifts by an eighth of the source are (not for digits: see NO_SHIFT)
 
 
 class Subset(Dataset):
@@ -516,7 +520,7 @@ def load_splits(
         raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} or {HF_PREFIX}NAME_OR_PATH")
     # The subset draws depend on the split, so limit_train == limit_val does not pick the same positions.
     return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), list(classes), name in LOW_RES,
-                  source_size=SOURCE_SIZE.get(name, 32), flip=name not in NO_FLIP)
+                  source_size=SOURCE_SIZE.get(name, 32), flip=name not in NO_FLIP, shift=name not in NO_SHIFT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,9 +535,9 @@ def eval_preprocess(preprocess: Preprocess, low_res: bool) -> Preprocess:
 
 
 def transforms(preprocess: Preprocess, low_res: bool, augment: bool, *, source_size: int = 32,
-               flip: bool = True) -> tuple[Callable, Callable]:
+               flip: bool = True, shift: bool = True) -> tuple[Callable, Callable]:
     """(train transform, eval transform): PIL image -> normalised tensor [3, S, S]. A low-res source
-    of side `source_size` is shifted by up to an eighth of it (CIFAR: 4 pixels), flipped if `flip`."""
+    of side `source_size` is shifted by up to an eighth of it (CIFAR: 4 pixels) if `shift`, flipped if `flip`."""
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 
@@ -546,7 +550,7 @@ def transforms(preprocess: Preprocess, low_res: bool, augment: bool, *, source_s
     s = pre.image_size
     train_tf = T.Compose([
         # The CIFAR augmentation (He et al. 2016, sec. 4.2), at the source's 32 pixels ...
-        T.RandomCrop(source_size, padding=max(1, source_size // 8), padding_mode="reflect"),
+        *([T.RandomCrop(source_size, padding=max(1, source_size // 8), padding_mode="reflect")] if shift else []),
         *([T.RandomHorizontalFlip()] if flip else []),
         # ... then the same upsampling as evaluation.
         T.Resize((s, s), interpolation=InterpolationMode(pre.interpolation), antialias=True),

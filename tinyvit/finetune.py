@@ -669,10 +669,12 @@ class Trainer:
         self.distiller = self._distiller()
 
         self.train_tf, self.eval_tf = data.transforms(self.preprocess, self.splits.low_res, cfg.augment,
-                                                      source_size=self.splits.source_size, flip=self.splits.flip)
+                                                      source_size=self.splits.source_size, flip=self.splits.flip,
+                                                      shift=self.splits.shift)
         self.recipe = recipe.Recipe.from_config(cfg)
         if self.recipe.augments_images:
-            self.train_tf = self.recipe.train_transform(self.preprocess, self.splits.low_res, self.splits.source_size, self.splits.flip)
+            self.train_tf = self.recipe.train_transform(self.preprocess, self.splits.low_res, self.splits.source_size,
+                                                        self.splits.flip, self.splits.shift)
         self.mix = self.recipe.batch_transform(len(self.classes))  # MixUp/CutMix: soft targets, or None
         self.cache_train, self.cache_val = self._cache_plan()
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built

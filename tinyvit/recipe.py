@@ -21,7 +21,7 @@ Every piece here is torchvision's (`torchvision.transforms.v2`), not written by 
   them (`F.cross_entropy` takes probabilities), with label smoothing (Szegedy et al. 2016) on top.
 
 What makes sense depends on the data, and the dataset knows (tinyvit/data.py): the geometric part
-stays the dataset's own (a CIFAR crop and flip, a digit shifted but never mirrored: a mirrored 3 is
+stays the dataset's own (a CIFAR crop and flip; a digit neither shifted nor mirrored: a mirrored 3 is
 not a digit). Of the two policies, RandAugment at magnitude 9 rotates by at most 9 degrees and
 shears by 0.27; TrivialAugmentWide may rotate by up to 135 degrees and turn a 6 into a 9, so the
 `scratch` bundle uses RandAugment, and TrivialAugmentWide is there for photos.
@@ -29,6 +29,11 @@ shears by 0.27; TrivialAugmentWide may rotate by up to 135 degrees and turn a 6 
 `--recipe scratch` sets all of the above at once (SCRATCH below), together with random weights,
 every layer trainable and a learning rate for training from scratch; each explicit flag wins over
 the bundle (`--recipe scratch --mixup 0` is the bundle without MixUp).
+
+Measured on the digits (README "Studies", 2 CPU cores): with `--recipe scratch --mixup 0 --cutmix 0`
+a 0.3M-parameter ViT reaches 99.33% validation accuracy after 100 epochs and ResNet-18 99.33% after
+8; with MixUp and CutMix on as well the ViT had 79.8% after 40 epochs. The mixing pays over long
+schedules (DeiT's 300 epochs) and slows short ones down.
 """
 from __future__ import annotations
 
@@ -126,15 +131,16 @@ class Recipe:
 
     # -- per image ----------------------------------------------------------------------------
 
-    def train_transform(self, preprocess, low_res: bool, source_size: int = 32, flip: bool = True) -> Callable:
+    def train_transform(self, preprocess, low_res: bool, source_size: int = 32, flip: bool = True,
+                        shift: bool = True) -> Callable:
         """PIL image -> normalised tensor [3, S, S]: the dataset's own geometry (tinyvit/data.py), the
         policy at the model's resolution (an 8-pixel digit is too coarse to rotate), then erasing."""
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import v2
 
         s, interp = preprocess.image_size, InterpolationMode(preprocess.interpolation)
-        if low_res:  # shift by an eighth of the source (CIFAR: 4 px), mirror if the data allows, upsample
-            geometry = [v2.RandomCrop(source_size, padding=max(1, source_size // 8), padding_mode="reflect"),
+        if low_res:  # shift by an eighth of the source (CIFAR: 4 px) and mirror if the data allows, upsample
+            geometry = [*([v2.RandomCrop(source_size, padding=max(1, source_size // 8), padding_mode="reflect")] if shift else []),
                         *([v2.RandomHorizontalFlip()] if flip else []),
                         v2.Resize((s, s), interpolation=interp, antialias=True)]
         else:  # photos: the random resized crop of tinyvit.preprocess

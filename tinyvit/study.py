@@ -24,9 +24,9 @@ How the runs are made comparable:
   training seeds see the same images. `--seeds` vary initialisation, order and augmentation.
 - **A fixed budget of optimizer steps.** With the same number of epochs, 10% of the data gets 10%
   of the updates and the curve would measure training length, not data (a small ViT on 10% of the
-  digits with 30 epochs: 90 steps, 17%). So every run gets the same number of steps (`--steps`,
-  default: --epochs x the full split's steps per epoch), and a smaller subset makes more passes
-  over its images. Passes are grouped by `--repeat-train` so that one epoch, and one validation,
+  digits with 30 epochs: 90 steps, 17%). So every run of a model gets the same number of steps
+  (`--steps`, default: --epochs x the full split's steps per epoch, where a model's own --epochs
+  or --batch-size give it its own budget), and a smaller subset makes more passes over its images. Passes are grouped by `--repeat-train` so that one epoch, and one validation,
   covers about as many images as an epoch of the full split. `--same-epochs` turns this off.
   Steps, epochs and passes are recorded per run.
 
@@ -87,7 +87,7 @@ def split_values(text: str) -> list[str]:
     """'2,4' -> ['2', '4']; commas inside brackets stay: '[1,1,1,1],[2,2,2,2]' -> two values."""
     out, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch in "[(" 
+        depth += ch in "[("
         depth -= ch in "])"
         if ch == "," and depth == 0:
             out.append(cur)
@@ -145,23 +145,25 @@ class Run:
 
 
 def plan(models, sizes, grid, seeds, full: int, batch: int, steps: Optional[int], epochs: int,
-         same_epochs: bool, data_seed: int, out: Path, passthrough: list) -> list[Run]:
-    """Every run of the grid, with its step budget and its finetune command line."""
-    per_epoch_full = math.ceil(full / batch)
-    budget = steps if steps is not None else epochs * per_epoch_full
+         same_epochs: bool, data_seed: int, out: Path, passthrough: list, per_model: Optional[dict] = None) -> list[Run]:
+    """Every run of the grid, with its step budget and its finetune command line. `per_model` maps a
+    label to that model's own (batch, epochs) when its flags set them: its budget follows them."""
     runs = []
     for model, size, combo, seed in itertools.product(models, sizes, itertools.product(*grid.values()), seeds):
+        m_batch, m_epochs = (per_model or {}).get(model.label, (batch, epochs))
+        budget = steps if steps is not None else m_epochs * math.ceil(full / m_batch)
         overrides = dict(zip(grid, combo))
         run = Run(model, size, overrides, seed, out)
         if same_epochs:
-            run.epochs, run.repeat = epochs, 1
+            run.epochs, run.repeat = m_epochs, 1
         else:
             # About one full-split epoch of images per (repeated) epoch, then enough epochs for the budget.
             run.repeat = max(1, full // size)
-            run.epochs = max(1, round(budget / math.ceil(size * run.repeat / batch)))
-        run.steps = run.epochs * math.ceil(size * run.repeat / batch)
+            run.epochs = max(1, round(budget / math.ceil(size * run.repeat / m_batch)))
+        run.steps = run.epochs * math.ceil(size * run.repeat / m_batch)
         run.out = out / run.name()
-        argv = ["--model", model.preset, *model.flags, *passthrough, "--out", str(run.out), "--seed", str(seed),
+        # The model's own flags after the common ones: argparse keeps the last, so they win.
+        argv = ["--model", model.preset, *passthrough, *model.flags, "--out", str(run.out), "--seed", str(seed),
                 "--data-seed", str(data_seed), "--epochs", str(run.epochs), "--no-progress"]
         if size < full:
             argv += ["--limit-train", str(size)]
@@ -183,8 +185,19 @@ def state(run: Run) -> str:
     if (run.out / "summary.json").is_file():
         return "done"
     if (run.out / "checkpoint.pt").is_file():
-        return "resume"
+        return "resume" if _checkpoint_epoch(run) < run.epochs else "new"  # stopped while writing its summary
     return "new"
+
+
+def _checkpoint_epoch(run: Run) -> float:
+    """How far an interrupted run got (epochs, fractional mid-epoch); 0 for an unreadable checkpoint."""
+    import torch
+
+    try:
+        ckpt = torch.load(run.out / "checkpoint.pt", map_location="cpu", weights_only=True)
+        return ckpt["epoch"] + (0.5 if ckpt["batches_done"] else 0.0)
+    except Exception:
+        return 0.0
 
 
 def command(run: Run) -> list[str]:
@@ -340,10 +353,13 @@ def gather(runs: list[Run], full: int) -> list[dict]:
         if key not in flops_cache:
             flops_cache[key] = _flops_per_image(tinyvit.load_pretrained(run.out))
         history = [json.loads(l) for l in (run.out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        batch, repeat = s["config"]["batch_size"], s["config"].get("repeat_train", 1)
         rows.append({
             "model": run.model.label, "preset": run.model.preset, "train_size": run.size,
             "train_fraction": round(run.size / full, 4), **run.overrides, "seed": run.seed,
-            "epochs": run.epochs, "passes": run.passes, "steps": run.steps,
+            # What the run did (its own record), not what this plan would give it today.
+            "epochs": s["epochs"], "passes": s["epochs"] * repeat,
+            "steps": sum(math.ceil(r["train_images"] / batch) for r in history),
             "params": s["total_params"], "flops_per_image": flops_cache[key],
             "final_val_acc": round(s["final"]["val_acc"], 6), "best_val_acc": round(s["best"]["val_acc"], 6),
             "seconds": round(sum(r["seconds"] for r in history), 1), "run": run.out.name,
@@ -485,7 +501,7 @@ def main(argv=None) -> int:
         checked = {}
         for m in models:
             try:
-                cfg, _ = finetune.parse_args(["--model", m.preset, *m.flags, *passthrough])
+                cfg, _ = finetune.parse_args(["--model", m.preset, *passthrough, *m.flags])
             except SystemExit:
                 raise ValueError(f"--models {m.label}: finetune rejected its flags (above)") from None
             for combo in itertools.product(*grid.values()):
@@ -506,13 +522,20 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     runs = plan(models, sizes, grid, args.seeds, full, cfg.batch_size, args.steps, cfg.epochs,
-                args.same_epochs, args.data_seed, out, passthrough)
+                args.same_epochs, args.data_seed, out, passthrough,
+                per_model={label: (c.batch_size, c.epochs) for label, c in checked.items()})
     out.mkdir(parents=True, exist_ok=True)
     log(f"study {out}: {len(models)} model(s) x {len(sizes)} size(s) {sizes} x "
         f"{math.prod(len(v) for v in grid.values())} config(s) x {len(args.seeds)} seed(s) = {len(runs)} runs on "
         f"{cfg.dataset} ({full:,} training images)" +
-        ("" if args.same_epochs else f"; {runs[0].steps} optimizer steps each (smaller subsets: more passes)"))
-    code = execute(runs, args.jobs, log)
+        ("" if args.same_epochs else "; optimizer steps per run: " + ", ".join(
+            f"{m.label} {next(r.steps for r in runs if r.model == m and r.size == sizes[-1])}" for m in models)
+         + " (smaller subsets: more passes)"))
+    try:
+        code = execute(runs, args.jobs, log)
+    except KeyboardInterrupt:  # between two runs (inside one, finetune saves a checkpoint and returns 130)
+        log("interrupted: finished runs are kept; run the same command again to continue the study")
+        code = 130
     rows = gather(runs, full)
     if rows:
         write_csv(rows, out / "results.csv")

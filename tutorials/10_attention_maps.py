@@ -211,6 +211,8 @@ print("saved", OUT / "10_attention_maps.png")
 #   soak up attention (Darcet et al. 2024, "Vision Transformers Need Registers", who add register
 #   tokens to absorb them); their maps show spikes this tiny model does not.
 #
-# **That's the series.** From pixels (1) to the block (4), the kernels (5, 6), real weights (7),
-# fine-tuning (8, 9) and back to what the model sees. The library code each step used is in
-# `tinyvit/` and `kernels/`, meant to be read beside these tutorials.
+# The library code each step used is in `tinyvit/` and `kernels/`, meant to be read beside these
+# tutorials.
+#
+# **Next:** [11_data_scaling.py](11_data_scaling.py) measures what tutorial 9 argued: ViT against
+# ResNet from scratch on real digits, at growing training-set sizes.
