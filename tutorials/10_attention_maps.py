@@ -211,6 +211,7 @@ print("saved", OUT / "10_attention_maps.png")
 #   soak up attention (Darcet et al. 2024, "Vision Transformers Need Registers", who add register
 #   tokens to absorb them); their maps show spikes this tiny model does not.
 #
-# **That's the series.** From pixels (1) to the block (4), the kernels (5, 6), real weights (7),
-# fine-tuning (8, 9) and back to what the model sees. The library code each step used is in
-# `tinyvit/` and `kernels/`, meant to be read beside these tutorials.
+# The library code each step used is in `tinyvit/` and `kernels/`, meant to be read beside these
+# tutorials.
+#
+# **Next:** [12_distillation.py](12_distillation.py): a small student taught by a larger teacher.
