@@ -139,7 +139,7 @@ print(f"the student: {params:,} parameters (the ResNet-18 teacher below has 11,1
 # scikit-learn's digits (real 8×8 scans; 1,347 training / 450 validation images, a fixed
 # stratified split), everything from scratch on two shared CPU cores:
 # ```bash
-# python -m bench.efficiency_digits teacher distill soft report
+# python -m bench.efficiency_digits teacher distill report
 # # which runs, e.g.
 # python -m tinyvit.finetune --model resnet18 --weights none --dataset digits --image-size 32 \
 #     --unfreeze all --epochs 15 --lr 2e-3 --batch-size 64 --out runs/efficiency_digits/teacher_resnet18
@@ -152,12 +152,19 @@ print(f"the student: {params:,} parameters (the ResNet-18 teacher below has 11,1
 
 # %%
 MEASURED = {  # final-epoch validation accuracy (%), 450 images; seeds 0 and 1
-    "no teacher": [78.44, None],
-    "hard": [75.33, None],
-    "soft (T = 1)": [None, None],
+    "no teacher": [78.44, 74.22],
+    "hard distillation": [75.33, 81.56],
 }
+TRAIN_ACC = {"no teacher": [78.54, 78.32], "hard distillation": [78.25, 81.66]}  # last epoch, augmented images
 TEACHER_ACC = 98.00  # ResNet-18 on its own 32-px preprocessing
 TEACHER_ON_STUDENT_IMAGES = 96.89  # the same teacher on the student's 16-px images, upsampled
+
+for name, accs in MEASURED.items():
+    print(f"{name:18s} val acc {accs[0]:.2f}% / {accs[1]:.2f}% (seeds 0 / 1), mean {sum(accs) / 2:.2f}%")
+gap = sum(MEASURED["hard distillation"]) / 2 - sum(MEASURED["no teacher"]) / 2
+spread = max(abs(a - b) for a, b in MEASURED.values())
+print(f"hard - none: {gap:+.2f} points on average; the same recipe moves {spread:.2f} points between seeds")
+assert abs(gap) < spread  # two seeds cannot separate them
 
 fig = Figure(figsize=(6.5, 3.8))
 ax = fig.subplots()
@@ -175,7 +182,19 @@ fig.savefig(OUT / "12_distillation.png", dpi=100)
 print("saved", OUT / "12_distillation.png")
 
 # %% [markdown]
-# **Reading it.** (filled in from the measurements)
+# **Reading it.** The teacher reaches 98.00% on its own 32-px preprocessing and 96.89% on the
+# student's 16-px images upsampled to 32 px (what it actually sees during distillation, reported
+# as `teacher_val_acc` in `metrics.jsonl`). The students: without a teacher 78.44% and 74.22%
+# (seeds 0, 1), with hard distillation 75.33% and 81.56%. On average distillation is 2.1 points
+# ahead, but one seed goes each way and the seed-to-seed spread (4-6 points) is larger than the
+# difference: **at this budget the measurement does not show that the teacher helps.** Both
+# students still underfit (training accuracy 78-82% on augmented images, no higher than
+# validation), so what limits them is 30 epochs of a 140k-parameter model, not the quality of its
+# targets; DeiT's gains came from 300 epochs or more. The teacher also has a price: run on every
+# batch (augmentation on), it halved the student's training speed on the CPU (about 700 to 320
+# images/s); with `--no-augment` its logits are computed once and cached.
+#
+# Soft distillation is implemented and tested (the values above) but was not measured here.
 #
 # **Next:** [13_token_learner.py](13_token_learner.py): the other efficiency idea, fewer tokens
 # instead of a smaller model.
