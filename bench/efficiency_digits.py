@@ -9,7 +9,7 @@
     python -m bench.efficiency_digits report         # the table, from the runs' summary.json files
 
 Each part is a few minutes on two CPU cores. Runs go to runs/efficiency_digits/<name>; the report
-also lands in bench/results/efficiency_digits_cpu.json. Accuracy is the final epoch's (no
+also lands in bench/efficiency_digits_cpu.json. Accuracy is the final epoch's (no
 selection on the validation split).
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path("runs/efficiency_digits")
-RESULTS = Path(__file__).resolve().parent / "results" / "efficiency_digits_cpu.json"
+# Not in bench/results: that folder holds the GPU benchmark files bench.targets reads (newest *.json).
+RESULTS = Path(__file__).resolve().parent / "efficiency_digits_cpu.json"
 SEEDS = (0, 1)
 COMMON = ["--dataset", "digits", "--weights", "none", "--unfreeze", "all", "--batch-size", "64",
           "--num-workers", "0", "--no-progress", "--force"]

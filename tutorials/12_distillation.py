@@ -147,7 +147,7 @@ print(f"the student: {params:,} parameters (the ResNet-18 teacher below has 11,1
 #     --image-size 16 --override patch_size=4,dim=64,depth=4,num_heads=4,mlp_dim=128 --unfreeze all \
 #     --epochs 30 --lr 1e-3 --batch-size 64 --teacher runs/efficiency_digits/teacher_resnet18 --distill hard
 # ```
-# The numbers below were measured by those commands (bench/results/efficiency_digits_cpu.json);
+# The numbers below were measured by those commands (bench/efficiency_digits_cpu.json);
 # this tutorial quotes them, it does not rerun them.
 
 # %%

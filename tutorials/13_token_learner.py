@@ -129,15 +129,21 @@ print("vit_flops == torch.utils.flop_counter for the small model, with and witho
 # ```bash
 # python -m bench.efficiency_digits token_learner report
 # ```
-# Quoted from bench/results/efficiency_digits_cpu.json, not rerun here:
+# Quoted from bench/efficiency_digits_cpu.json, not rerun here:
 
 # %%
 MEASURED = {  # final-epoch validation accuracy (%), seeds 0 and 1
-    "ViT, 64 tokens": [None, None],
-    "ViT + TokenLearner, S = 8": [None, None],
+    "ViT, 64 tokens": [90.44, 84.89],
+    "ViT + TokenLearner, S = 8": [74.44, 86.44],
 }
+TRAIN_ACC = {"ViT, 64 tokens": [89.98, 87.68], "ViT + TokenLearner, S = 8": [72.53, 86.64]}  # last epoch
 flops = {"ViT, 64 tokens": vit_flops(ViTConfig(**{**cfg.to_dict(), "token_learner_tokens": 0})),
          "ViT + TokenLearner, S = 8": vit_flops(cfg)}
+
+for name, accs in MEASURED.items():
+    print(f"{name:26s} {flops[name] / 1e6:5.1f} MFLOPs  val acc {accs[0]:.2f}% / {accs[1]:.2f}% (seeds 0 / 1)")
+print(f"TokenLearner saves {100 * (1 - flops['ViT + TokenLearner, S = 8'] / flops['ViT, 64 tokens']):.0f}% of the forward FLOPs")
+assert 0.35 < 1 - flops["ViT + TokenLearner, S = 8"] / flops["ViT, 64 tokens"] < 0.45
 
 per_block = [block_flops(65, 64, 128)] * 4
 per_block_tl = [block_flops(65, 64, 128)] * 2 + [block_flops(9, 64, 128)] * 2
@@ -159,7 +165,17 @@ fig.savefig(OUT / "13_token_learner.png", dpi=100)
 print("saved", OUT / "13_token_learner.png")
 
 # %% [markdown]
-# **Reading it.** (filled in from the measurements)
+# **Reading it.** TokenLearner cuts this model's forward compute by 40% (21.8 to 13.0 MFLOPs;
+# less than ViT-B/16's 47% because at d = 64 the module's 64-wide MLP is not negligible). The
+# accuracy is not settled by two seeds: with seed 1 the TokenLearner model is ahead (86.44%
+# against 84.89%), with seed 0 far behind (74.44% against 90.44%), and there its training
+# accuracy is as low (72.53%): that run had not learned to pool yet after 30 epochs, an
+# optimisation problem rather than overfitting. A fair reading: at this scale (1,347 images, from
+# scratch, two blocks after the reduction) TokenLearner makes training less reliable, and more
+# seeds or epochs would be needed to say whether it costs accuracy. The paper's setting is
+# ImageNet-scale pretraining with global-average pooling. On the CPU the 40% fewer FLOPs did not
+# show in wall time (about 400 images/s either way): for a model this small the data pipeline
+# and per-op overheads dominate; the saving is for large N and large models on an accelerator.
 #
 # **That's the series.** From pixels (1) to the block (4), the kernels (5, 6), real weights (7),
 # fine-tuning (8, 9), what the model sees (10), and two ways to spend less compute: a smaller
