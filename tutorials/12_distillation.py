@@ -191,7 +191,7 @@ print("saved", OUT / "12_distillation.png")
 # students still underfit (training accuracy 78-82% on augmented images, no higher than
 # validation), so what limits them is 30 epochs of a 140k-parameter model, not the quality of its
 # targets; DeiT's gains came from 300 epochs or more. The teacher also has a price: run on every
-# batch (augmentation on), it halved the student's training speed on the CPU (about 700 to 320
+# batch (augmentation on), it halved the student's training speed on the CPU (about 700 to 300
 # images/s); with `--no-augment` its logits are computed once and cached.
 #
 # Soft distillation is implemented and tested (the values above) but was not measured here.
