@@ -6,7 +6,7 @@ from einops import einsum
 
 import tinyvit
 from tinyvit import freeze
-from tinyvit.token_learner import TokenLearner, block_flops, token_learner_flops, vit_flops
+from tinyvit.token_learner import TokenLearner, block_flops, describe_flops, token_learner_flops, vit_flops
 from tinyvit.vit import ViTConfig, VisionTransformer
 
 TINY = dict(image_size=32, patch_size=4, dim=32, depth=4, num_heads=2, mlp_dim=64, num_classes=10)  # 64 patches
@@ -115,6 +115,8 @@ def test_flops_count():
     assert token_learner_flops(64, d, 8) == 2 * 64 * (d * 64 + 64 * 8) + 2 * 8 * 64 * d
     assert vit_flops(tl) == embed + 2 * block_flops(65, d, m) + 2 * block_flops(9, d, m) + token_learner_flops(64, d, 8) + 2 * d * c
     assert vit_flops(tl) < 0.65 * vit_flops(cfg)  # half the blocks on 9 tokens, not 65
+    line = describe_flops(tl)
+    assert "8 learned tokens after block 1 (of 64 patch tokens)" in line and f"{vit_flops(tl) / 1e6:,.1f} MFLOPs" in line
     # The count agrees with the matmuls torch actually runs (FlopCounterMode counts 2 per multiply-add).
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -27,6 +27,8 @@ averages the S learned tokens.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -108,3 +110,12 @@ def vit_flops(cfg) -> int:
     if cfg.distilled:
         total += 2 * cfg.dim * cfg.num_classes  # head_dist
     return total
+
+
+def describe_flops(cfg) -> str:
+    """One log line: what TokenLearner saves for this config."""
+    off = replace(cfg, token_learner_tokens=0)
+    on, base = vit_flops(cfg), vit_flops(off)
+    return (f"TokenLearner: {cfg.token_learner_tokens} learned tokens after block {cfg.token_learner_block} "
+            f"(of {cfg.grid_size**2} patch tokens): {on / 1e6:,.1f} MFLOPs per image forward, "
+            f"{base / 1e6:,.1f} without ({100 * (1 - on / base):.0f}% less)")

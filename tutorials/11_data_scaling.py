@@ -181,5 +181,4 @@ assert all(mean[m, large_n] > mean[m, small_n] for m in models)  # both curves r
 # python -m tinyvit.study --help    # the axes, the step budget, --jobs
 # ```
 #
-# **That's the series.** From pixels (1) to the block (4), the kernels (5, 6), real weights (7),
-# fine-tuning (8, 9), what the model sees (10) and how much data it needs (11).
+# **Next:** [12_distillation.py](12_distillation.py): a small student taught by a larger teacher.
