@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tinyvit
-from tinyvit import distill, finetune
+from tinyvit import distill, finetune, rundir
 from tinyvit.preprocess import Preprocess
 from tinyvit.vit import ViTConfig, VisionTransformer
 
@@ -160,8 +160,9 @@ def test_cli_distils_with_a_frozen_teacher_and_reports_both_terms(teacher_run, t
 def test_cached_teacher_logits_equal_live_ones(teacher_run, tmp_path):
     cfg, _ = finetune.parse_args(TINY_VIT + SMALL_RUN + ["--no-augment", "--epochs", "1", "--teacher", str(teacher_run),
                                                          "--out", str(tmp_path / "s")])
-    (tmp_path / "s").mkdir()
     trainer = finetune.Trainer(cfg, finetune.Dist(), torch.device("cpu"))
+    trainer.run = rundir.RunDir.open(tmp_path / "s")  # as finetune.main does: every file goes through it
+    trainer.run.start(fresh=True, dataset={})
     d = trainer.distiller
     snapshot = {k: v.clone() for k, v in d.teacher.state_dict().items()}  # BatchNorm statistics included
     trainer.build_caches(lambda: False)
@@ -171,6 +172,7 @@ def test_cached_teacher_logits_equal_live_ones(teacher_run, tmp_path):
     trainer.fit(finetune.StopRequest(trainer.log))  # one epoch of training against the cached logits
     assert all(torch.equal(v, d.teacher.state_dict()[k]) for k, v in snapshot.items())
     assert trainer.history[0]["train_distill_loss"] > 0
+    trainer.run.close()
 
 
 def test_teacher_errors_are_one_line(teacher_run, tmp_path, capsys):
