@@ -3,7 +3,7 @@
     python -m bench cpu                                    # every case (long: run it in pieces, below)
     python -m bench cpu --cases infer-vit-ti-224,infer-vit-ti-32 --pairs 21
     python -m bench cpu --smoke                            # tiny models, 3 rounds: what the tests run
-    python -m bench cpu --table                            # the README table from bench/results/cpu.json
+    python -m bench cpu --table                            # the README table from bench/results/cpu/cpu.json
 
 On a laptop or a shared 2-core machine, one timing says little: another process wakes up, a core's
 clock drops, and a run is 20% slower for reasons that have nothing to do with the code. So each case
@@ -40,7 +40,7 @@ Steps of the fine-tuning case stand for epochs: from epoch 2 an epoch is its ste
 = batch / step time. Images are synthetic and already in memory, which favours the plain loop (in
 real use it also decodes and resizes every image every epoch).
 
-Results go to bench/results/cpu.json (rows replaced by case, so a run in pieces fills one file); the
+Results go to bench/results/cpu/cpu.json (rows replaced by case, so a run in pieces fills one file); the
 table in bench/README.md is `--table`'s output.
 """
 from __future__ import annotations
@@ -61,7 +61,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-RESULTS = Path(__file__).resolve().parent / "results" / "cpu.json"
+# A folder of its own: bench.targets and tutorials 5 and 6 read every bench/results/*.json as GPU rows.
+RESULTS = Path(__file__).resolve().parent / "results" / "cpu" / "cpu.json"
 NUM_CLASSES = 10  # CIFAR-10: the study's head; 1000 would add nothing but head FLOPs
 
 

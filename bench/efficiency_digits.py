@@ -69,7 +69,7 @@ def part(which: str) -> None:
 
 def report() -> None:
     import tinyvit
-    from tinyvit.token_learner import vit_flops
+    from tinyvit.flops import vit_flops
 
     rows = {}
     for d in sorted(ROOT.iterdir()):

@@ -92,10 +92,12 @@ def test_flops_counter_counts_convs_linears_and_attention():
     vit = create_model("vit_tiny_patch16_224", num_classes=10, image_size=8, patch_size=2, dim=16, depth=1,
                        num_heads=2, mlp_dim=32)
     n, d = 17, 16  # 16 patches + class token
+    # The last (only) block computes the class token's row alone, against all 17 keys (tinyvit/flops.py).
     expected = (2 * 16 * 3 * 2 * 2 * d  # patch embedding: a conv with a 2x2x3 kernel at 16 positions
-                + 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d  # qkv, QK^T and AV, proj
-                + 2 * n * d * 32 * 2  # the MLP
-                + 2 * d * 10)  # the head, on the class token
+                + 2 * d * d + 2 * 2 * n * d * d + 2 * d * d  # q (one row), k and v (every token), proj
+                + 2 * 2 * n * d  # q k^T and P v for that row
+                + 2 * d * 32 * 2  # the MLP on that row
+                + 2 * d * 10)  # the head
     assert study._flops_per_image(vit) == expected
     resnet = create_model("resnet18", num_classes=1000)
     assert abs(study._flops_per_image(resnet) / 1e9 - 3.64) < 0.05  # 1.82 GMACs at 224 px, the usual table
@@ -118,7 +120,7 @@ def test_an_interrupted_run_is_resumed_and_jobs_run_in_processes(tmp_path, capsy
     assert study.state(first) == "resume"
     # Two runs at once in processes: seed 0 continues from its checkpoint, seed 1 starts.
     assert study.main(["--jobs", "2", *args]) == 0
-    log = (first.out / "train.log").read_text()
+    log = study.log_path(first).read_text()
     assert "--resume" in log and "resuming" in log
     history = [json.loads(l) for l in (first.out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]

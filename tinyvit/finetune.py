@@ -901,9 +901,9 @@ class Trainer:
         cfg = self.cfg
         self.log(self.split.describe())
         if getattr(self.model.cfg, "token_learner_tokens", 0):  # the compute TokenLearner saves
-            from tinyvit.token_learner import describe_flops
+            from tinyvit.flops import describe_token_learner
 
-            self.log(describe_flops(self.model.cfg))
+            self.log(describe_token_learner(self.model.cfg))
         self.log(f"{cfg.model} ({cfg.weights} weights) on {cfg.dataset}: {len(self.splits.train):,} train / "
                  f"{len(self.splits.val):,} val images at {self.preprocess.image_size} px, {len(self.classes)} classes; "
                  f"AdamW lr {self.lr:g} wd {cfg.weight_decay:g}, batch {cfg.batch_size}"

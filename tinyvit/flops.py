@@ -18,17 +18,22 @@ the k, v projections stay, everything else shrinks by ~197x, and the block costs
 (tinyvit/vit.py, `VisionTransformer.forward_from`).
 
     block_flops(n_q, n_k, dim, mlp_dim)     one block
-    vit_flops(cfg, image_size=None)         a whole ViT forward, as `forward` runs it (reduced last block)
+    vit_flops(cfg, image_size=None)         a whole ViT forward, as `forward` runs it (reduced last block,
+                                            TokenLearner when it is on)
+    token_learner_flops(n, d, s)            the TokenLearner module itself
     suffix_flops(model, start)              blocks[start:] + final norm + head: what `--unfreeze` trains
     model_flops(model, image_size=None)     any tinyvit ViT (the formula) or other model (hooks on Conv2d
                                             and Linear, e.g. the ResNet): forward FLOPs per image
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
 from torch import nn
+
+from tinyvit.token_learner import BOTTLENECK
 
 
 def block_flops(n_q: int, n_k: int, dim: int, mlp_dim: int) -> int:
@@ -54,22 +59,50 @@ def _head_flops(cfg) -> int:
 
 
 def _head_tokens(cfg) -> Optional[int]:
-    return cfg.num_prefix_tokens if cfg.pool == "cls" else None
+    """The queries the last block needs (tinyvit/vit.py `head_tokens`): the class (and distillation)
+    token with class-token pooling, or None (every token) with mean pooling or a TokenLearner there."""
+    if cfg.pool != "cls" or (cfg.token_learner_tokens and cfg.token_learner_block == cfg.depth - 1):
+        return None
+    return cfg.num_prefix_tokens
+
+
+def token_learner_flops(n: int, d: int, s: int, bottleneck: int = BOTTLENECK) -> int:
+    """TokenLearner v1.1 on n patch tokens (tinyvit/token_learner.py): MLP 2·n·(d·64 + 64·s), weighted
+    sums 2·s·n·d."""
+    return 2 * n * (d * bottleneck + bottleneck * s) + 2 * s * n * d
+
+
+def _block_tokens(cfg, patches: int) -> list[int]:
+    """Tokens entering each block: prefix + patches, and prefix + S after a TokenLearner."""
+    p, s = cfg.num_prefix_tokens, cfg.token_learner_tokens
+    return [p + (s if s and i > cfg.token_learner_block else patches) for i in range(cfg.depth)]
 
 
 def vit_flops(cfg, image_size: Optional[int] = None, reduced_last_block: bool = True) -> int:
     """Forward FLOPs per image of a ViT with config `cfg` (a ViTConfig) at `image_size` (default: cfg's).
 
-    reduced_last_block: count the last block as `forward` runs it with class-token pooling (queries for
-    the head's tokens only); False counts `forward_features` + `forward_head` (every token).
+    Blocks after a TokenLearner (cfg.token_learner_tokens > 0) run on prefix + S tokens, and the module's
+    own cost is added. reduced_last_block: count the last block as `forward` runs it with class-token
+    pooling (queries for the head's tokens only); False counts `forward_features` + `forward_head`.
     """
     size = cfg.image_size if image_size is None else image_size
     patches = (size // cfg.patch_size) ** 2
-    n = cfg.num_prefix_tokens + patches
-    embed = 2 * patches * (cfg.patch_size**2 * cfg.in_channels) * cfg.dim
+    tokens = _block_tokens(cfg, patches)
+    flops = 2 * patches * (cfg.patch_size**2 * cfg.in_channels) * cfg.dim  # the patch embedding
+    flops += sum(block_flops(n, n, cfg.dim, cfg.mlp_dim) for n in tokens[:-1])
     m = _head_tokens(cfg) if reduced_last_block else None
-    last = block_flops(m or n, n, cfg.dim, cfg.mlp_dim)
-    return embed + (cfg.depth - 1) * block_flops(n, n, cfg.dim, cfg.mlp_dim) + last + _head_flops(cfg)
+    flops += block_flops(m or tokens[-1], tokens[-1], cfg.dim, cfg.mlp_dim)
+    if cfg.token_learner_tokens:
+        flops += token_learner_flops(patches, cfg.dim, cfg.token_learner_tokens)
+    return flops + _head_flops(cfg)
+
+
+def describe_token_learner(cfg) -> str:
+    """One log line: what TokenLearner saves for this config (forward FLOPs per image)."""
+    on, off = vit_flops(cfg), vit_flops(replace(cfg, token_learner_tokens=0))
+    return (f"TokenLearner: {cfg.token_learner_tokens} learned tokens after block {cfg.token_learner_block} "
+            f"(of {cfg.grid_size**2} patch tokens): {on / 1e6:,.1f} MFLOPs per image forward, "
+            f"{off / 1e6:,.1f} without ({100 * (1 - on / off):.0f}% less)")
 
 
 def suffix_flops(model: nn.Module, start: int, image_size: Optional[int] = None, reduced_last_block: bool = True) -> int:
@@ -80,13 +113,15 @@ def suffix_flops(model: nn.Module, start: int, image_size: Optional[int] = None,
     """
     cfg = model.cfg
     size = cfg.image_size if image_size is None else image_size
-    n = cfg.num_prefix_tokens + (size // cfg.patch_size) ** 2
-    depth = cfg.depth
+    patches = (size // cfg.patch_size) ** 2
+    tokens = _block_tokens(cfg, patches)
     flops = _head_flops(cfg)
-    if start < depth:
+    if start < cfg.depth:
         m = _head_tokens(cfg) if reduced_last_block else None
-        flops += (depth - 1 - start) * block_flops(n, n, cfg.dim, cfg.mlp_dim)
-        flops += block_flops(m or n, n, cfg.dim, cfg.mlp_dim)
+        flops += sum(block_flops(n, n, cfg.dim, cfg.mlp_dim) for n in tokens[start:-1])
+        flops += block_flops(m or tokens[-1], tokens[-1], cfg.dim, cfg.mlp_dim)
+        if cfg.token_learner_tokens and cfg.token_learner_block >= start:
+            flops += token_learner_flops(patches, cfg.dim, cfg.token_learner_tokens)
     return flops
 
 

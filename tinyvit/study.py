@@ -206,13 +206,19 @@ def command(run: Run) -> list[str]:
     return run.argv + (["--resume"] if state(run) == "resume" else ["--force"])
 
 
+def log_path(run: Run) -> Path:
+    """Where a run's output goes: beside its folder, not in it, since a run folder holds only what
+    tinyvit.finetune wrote (its manifest; anything else makes --force and --resume refuse it)."""
+    return run.out.parent / "logs" / f"{run.name()}.log"
+
+
 def run_inline(run: Run) -> int:
-    """One run in this process (no interpreter start-up per run); its output goes to train.log."""
+    """One run in this process (no interpreter start-up per run); its output goes to its log."""
     from tinyvit import finetune
 
-    run.out.mkdir(parents=True, exist_ok=True)
+    log_path(run).parent.mkdir(parents=True, exist_ok=True)
     argv = command(run)
-    with open(run.out / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with open(log_path(run), "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         print(f"$ python -m tinyvit.finetune {shlex.join(argv)}", flush=True)
         try:
             return finetune.main(argv)
@@ -222,9 +228,9 @@ def run_inline(run: Run) -> int:
 
 
 def start_process(run: Run, threads: int) -> subprocess.Popen:
-    run.out.mkdir(parents=True, exist_ok=True)
+    log_path(run).parent.mkdir(parents=True, exist_ok=True)
     argv = command(run)
-    log = open(run.out / "train.log", "a")
+    log = open(log_path(run), "a")
     log.write(f"$ python -m tinyvit.finetune {shlex.join(argv)}\n")
     log.flush()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # N processes share the cores
@@ -233,7 +239,7 @@ def start_process(run: Run, threads: int) -> subprocess.Popen:
 
 def last_line(run: Run) -> str:
     try:
-        lines = [l for l in (run.out / "train.log").read_text().splitlines() if l.strip()]
+        lines = [l for l in log_path(run).read_text().splitlines() if l.strip()]
         return lines[-1] if lines else ""
     except OSError:
         return ""
@@ -256,7 +262,7 @@ def execute(runs: list[Run], jobs: int, log) -> int:
         elif code in (130, 143):  # finetune saved a checkpoint on Ctrl-C / SIGTERM
             log(f"{run.name()}: interrupted, checkpoint saved; run the same command again to continue the study")
         else:
-            log(f"{run.name()}: failed (exit {code}): {last_line(run)}\n  full log: {run.out / 'train.log'}")
+            log(f"{run.name()}: failed (exit {code}): {last_line(run)}\n  full log: {log_path(run)}")
         return code
 
     if jobs <= 1:
@@ -302,42 +308,11 @@ def read_summary(run: Run) -> dict:
 
 
 def _flops_per_image(model) -> int:
-    """Forward FLOPs for one image (a multiply-add counts 2), by forward hooks: every Conv2d and
-    Linear, plus the two attention matmuls (QK^T and AV: 2 x 2 n^2 d per block) that are not modules.
-    Elementwise work (norms, activations, softmax) is left out, as in the usual model tables."""
-    import torch
-    from torch import nn
+    """Forward FLOPs per image as the model runs (tinyvit/flops.py: a ViT by formula, other models by
+    hooks on their convolutions and linear layers)."""
+    from tinyvit.flops import model_flops
 
-    from tinyvit.vit import Attention
-
-    total = 0
-
-    def conv(m, inputs, out):
-        nonlocal total
-        total += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def linear(m, inputs, out):
-        nonlocal total
-        total += 2 * out.numel() * m.in_features
-
-    def attention(m, inputs, out):
-        nonlocal total
-        b, n, d = inputs[0].shape
-        total += 2 * 2 * b * n * n * d
-
-    kinds = ((nn.Conv2d, conv), (nn.Linear, linear), (Attention, attention))
-    hooks = [m.register_forward_hook(fn) for m in model.modules() for kind, fn in kinds if isinstance(m, kind)]
-    size = model.preprocess.image_size
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return total
+    return model_flops(model, model.preprocess.image_size)
 
 
 def gather(runs: list[Run], full: int) -> list[dict]:

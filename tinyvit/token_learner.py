@@ -23,11 +23,9 @@ token and DeiT's distillation token: they are kept apart, not mixed into the lea
 put back in front of them, so the heads read them exactly as before. With pool="mean" the head
 averages the S learned tokens.
 
-`vit_flops(cfg)` counts the model's forward FLOPs (2 per multiply-add) with and without the module.
+Its compute, and the model's with and without it: `token_learner_flops` and `vit_flops` in tinyvit/flops.py.
 """
 from __future__ import annotations
-
-from dataclasses import replace
 
 import torch
 from einops import rearrange
@@ -67,55 +65,3 @@ class TokenLearner(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_tokens={self.num_tokens}, num_prefix_tokens={self.num_prefix_tokens}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Compute: forward FLOPs of a ViT, with and without TokenLearner.
-# ---------------------------------------------------------------------------------------------
-
-
-def block_flops(n: int, d: int, mlp_dim: int) -> int:
-    """One transformer block on n tokens of width d: 2 FLOPs per multiply-add of the matmuls.
-
-    qkv 2·n·d·3d, scores QKᵀ 2·n²·d, weighted values 2·n²·d, output projection 2·n·d², MLP 2·2·n·d·mlp.
-    LayerNorms, softmax, GELU and residual adds are O(n·d) and left out, as the usual counts do.
-    """
-    return 2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d + 4 * n * d * mlp_dim
-
-
-def token_learner_flops(n: int, d: int, s: int, bottleneck: int = BOTTLENECK) -> int:
-    """The module on n patch tokens: MLP 2·n·(d·64 + 64·s), weighted sums 2·s·n·d."""
-    return 2 * n * (d * bottleneck + bottleneck * s) + 2 * s * n * d
-
-
-def vit_flops(cfg) -> int:
-    """Forward FLOPs of one image through a tinyvit ViT (a ViTConfig), matmuls only.
-
-    Patch embedding 2·N·(p²·c)·d, the blocks at their token counts, TokenLearner when it is on, and
-    the head(s). With TokenLearner after block `at`, blocks 0..at see prefix + N tokens and the rest
-    prefix + S.
-    """
-    n_patches = cfg.grid_size**2
-    p = cfg.num_prefix_tokens
-    total = 2 * n_patches * cfg.patch_size**2 * cfg.in_channels * cfg.dim
-    s, at = cfg.token_learner_tokens, cfg.token_learner_block
-    for i in range(cfg.depth):
-        tokens = p + (s if s and i > at else n_patches)
-        total += block_flops(tokens, cfg.dim, cfg.mlp_dim)
-    if s:
-        total += token_learner_flops(n_patches, cfg.dim, s)
-    if cfg.pre_logits:
-        total += 2 * cfg.dim * cfg.pre_logits
-    total += 2 * (cfg.pre_logits or cfg.dim) * cfg.num_classes  # head
-    if cfg.distilled:
-        total += 2 * cfg.dim * cfg.num_classes  # head_dist
-    return total
-
-
-def describe_flops(cfg) -> str:
-    """One log line: what TokenLearner saves for this config."""
-    off = replace(cfg, token_learner_tokens=0)
-    on, base = vit_flops(cfg), vit_flops(off)
-    return (f"TokenLearner: {cfg.token_learner_tokens} learned tokens after block {cfg.token_learner_block} "
-            f"(of {cfg.grid_size**2} patch tokens): {on / 1e6:,.1f} MFLOPs per image forward, "
-            f"{base / 1e6:,.1f} without ({100 * (1 - on / base):.0f}% less)")

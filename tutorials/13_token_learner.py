@@ -24,7 +24,8 @@ from einops import einsum, rearrange
 from matplotlib.figure import Figure
 from torch.utils.flop_counter import FlopCounterMode
 
-from tinyvit.token_learner import TokenLearner, block_flops, token_learner_flops, vit_flops
+from tinyvit.flops import block_flops, token_learner_flops, vit_flops
+from tinyvit.token_learner import TokenLearner
 from tinyvit.vit import ViTConfig, VisionTransformer
 
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook runs in tutorials/
@@ -100,17 +101,17 @@ assert [m.shape[-1] for m in maps] == [65, 65, 9, 9]  # blocks 0-1 on 1 + 64 tok
 # %%
 b16 = ViTConfig()
 b16_tl = ViTConfig(token_learner_tokens=8)  # after block 5 of 12
-full, reduced = block_flops(197, 768, 3072), block_flops(9, 768, 3072)
+full, reduced = block_flops(197, 197, 768, 3072), block_flops(9, 9, 768, 3072)  # n queries over n keys
 print(f"one block on 197 tokens: {full / 1e9:.3f} GFLOPs; on 1 + 8 tokens: {reduced / 1e9:.4f} GFLOPs "
       f"({full / reduced:.0f}x less)")
 print(f"the module itself: {token_learner_flops(196, 768, 8) / 1e9:.4f} GFLOPs")
 print(f"ViT-B/16: {vit_flops(b16) / 1e9:.2f} GFLOPs; with TokenLearner S = 8 after block 5: "
       f"{vit_flops(b16_tl) / 1e9:.2f} GFLOPs ({100 * (1 - vit_flops(b16_tl) / vit_flops(b16)):.0f}% less)")
-assert 0.45 < 1 - vit_flops(b16_tl) / vit_flops(b16) < 0.5  # half the blocks nearly vanish
+assert 0.4 < 1 - vit_flops(b16_tl) / vit_flops(b16) < 0.5  # half the blocks nearly vanish
 
 # The count agrees with the matmuls PyTorch runs (its FlopCounterMode also counts 2 per multiply-add).
 for c in (cfg, ViTConfig(**{**cfg.to_dict(), "token_learner_tokens": 0})):
-    m = VisionTransformer(c).eval().set_kernels("torch")
+    m = VisionTransformer(c).eval().set_kernels("reference")  # plain matmuls: the counter sees no CPU SDPA
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         m(torch.randn(1, 3, 32, 32))
     assert counter.get_total_flops() == vit_flops(c), (counter.get_total_flops(), vit_flops(c))
@@ -118,7 +119,8 @@ print("vit_flops == torch.utils.flop_counter for the small model, with and witho
 
 # %% [markdown]
 # ViT-B/16's "17.6 GFLOPs" is usually quoted in multiply-adds; the count here is twice that,
-# 35 GFLOPs. The saving is a little under half, not "two thirds": the paper's larger savings come
+# 35 GFLOPs with every token through the last block, 32.7 as tinyvit runs it (the last block
+# computes the class token's row only, tinyvit/flops.py), and both counts here use the latter. The saving is a little under half, not "two thirds": the paper's larger savings come
 # from placing the module earlier or from video, where N is much larger.
 #
 # ## Measured on handwritten digits
@@ -143,7 +145,7 @@ flops = {"ViT, 64 tokens": vit_flops(ViTConfig(**{**cfg.to_dict(), "token_learne
 for name, accs in MEASURED.items():
     print(f"{name:26s} {flops[name] / 1e6:5.1f} MFLOPs  val acc {accs[0]:.2f}% / {accs[1]:.2f}% (seeds 0 / 1)")
 print(f"TokenLearner saves {100 * (1 - flops['ViT + TokenLearner, S = 8'] / flops['ViT, 64 tokens']):.0f}% of the forward FLOPs")
-assert 0.35 < 1 - flops["ViT + TokenLearner, S = 8"] / flops["ViT, 64 tokens"] < 0.45
+assert 0.25 < 1 - flops["ViT + TokenLearner, S = 8"] / flops["ViT, 64 tokens"] < 0.35
 
 per_block = [block_flops(65, 64, 128)] * 4
 per_block_tl = [block_flops(65, 64, 128)] * 2 + [block_flops(9, 64, 128)] * 2
@@ -165,15 +167,15 @@ fig.savefig(OUT / "13_token_learner.png", dpi=100)
 print("saved", OUT / "13_token_learner.png")
 
 # %% [markdown]
-# **Reading it.** TokenLearner cuts this model's forward compute by 40% (21.8 to 13.0 MFLOPs;
-# less than ViT-B/16's 47% because at d = 64 the module's 64-wide MLP is not negligible). The
+# **Reading it.** TokenLearner cuts this model's forward compute by 29% (17.5 to 12.5 MFLOPs;
+# less than ViT-B/16's 44% because at d = 64 the module's 64-wide MLP is not negligible). The
 # accuracy is not settled by two seeds: with seed 1 the TokenLearner model is ahead (86.44%
 # against 84.89%), with seed 0 far behind (74.44% against 90.44%), and there its training
 # accuracy is as low (72.53%): that run had not learned to pool yet after 30 epochs, an
 # optimisation problem rather than overfitting. A fair reading: at this scale (1,347 images, from
 # scratch, two blocks after the reduction) TokenLearner makes training less reliable, and more
 # seeds or epochs would be needed to say whether it costs accuracy. The paper's setting is
-# ImageNet-scale pretraining with global-average pooling. On the CPU the 40% fewer FLOPs did not
+# ImageNet-scale pretraining with global-average pooling. On the CPU the 29% fewer FLOPs did not
 # show in wall time (about 400 images/s either way): for a model this small the data pipeline
 # and per-op overheads dominate; the saving is for large N and large models on an accelerator.
 #
