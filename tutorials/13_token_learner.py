@@ -147,8 +147,9 @@ for name, accs in MEASURED.items():
 print(f"TokenLearner saves {100 * (1 - flops['ViT + TokenLearner, S = 8'] / flops['ViT, 64 tokens']):.0f}% of the forward FLOPs")
 assert 0.25 < 1 - flops["ViT + TokenLearner, S = 8"] / flops["ViT, 64 tokens"] < 0.35
 
-per_block = [block_flops(65, 64, 128)] * 4
-per_block_tl = [block_flops(65, 64, 128)] * 2 + [block_flops(9, 64, 128)] * 2
+# (n queries, n keys) per block; the last block computes the class token's row only, in both models
+per_block = [block_flops(n_q, 65, 64, 128) for n_q in (65, 65, 65, 1)]
+per_block_tl = [block_flops(65, 65, 64, 128)] * 2 + [block_flops(9, 9, 64, 128), block_flops(1, 9, 64, 128)]
 fig = Figure(figsize=(10, 3.8))
 ax1, ax2 = fig.subplots(1, 2)
 ax1.bar([i - 0.2 for i in range(4)], [f / 1e6 for f in per_block], width=0.4, label="ViT")
