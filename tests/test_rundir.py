@@ -225,6 +225,21 @@ def test_a_directory_in_use_is_refused_and_a_dead_holders_lock_is_taken_over(tmp
 # ---------------------------------------------------------------------------------------------
 
 
+def test_workers_left_running_by_an_error_do_not_hang_the_exit():
+    """Workers ignore SIGTERM, which is how multiprocessing ends them at exit: a loader whose iterator
+    an exception kept alive must still let the interpreter exit (it hung the test suite once)."""
+    script = (
+        "import torch\n"
+        "from tinyvit import finetune\n"
+        "loader = torch.utils.data.DataLoader(list(range(64)), batch_size=4, num_workers=2)\n"
+        "it = finetune.start_workers(loader)\n"
+        "next(it)\n"
+        "print('one batch', flush=True)\n"  # `it` stays alive: its workers are never shut down
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "one batch" in proc.stdout, proc.stderr
+
+
 def test_sigterm_to_the_process_group_saves_a_checkpoint_and_exits_143(tmp_path):
     out, log = tmp_path / "run", tmp_path / "log.txt"
     argv = TINY + ["--dataset", "synthetic", "--limit-train", "4000", "--limit-val", "16", "--batch-size", "16",

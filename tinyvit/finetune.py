@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import atexit
 import json
 import math
 import os
@@ -354,6 +355,10 @@ def start_workers(loader: torch.utils.data.DataLoader):
     """
     if loader.num_workers == 0:
         return iter(loader)
+    global _exit_hook_registered
+    if not _exit_hook_registered:  # after multiprocessing's own exit handler, so it runs before it
+        atexit.register(_kill_leftover_workers)
+        _exit_hook_registered = True
     loader.worker_init_fn = _ignore_stop_signals
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
@@ -366,6 +371,20 @@ def _ignore_stop_signals(worker_id: int) -> None:
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+_exit_hook_registered = False
+
+
+def _kill_leftover_workers() -> None:
+    """At exit, SIGKILL the daemonic workers of a loader that was never shut down (an exception
+    kept its iterator alive). multiprocessing's exit handler would SIGTERM and then join them, and
+    since they ignore SIGTERM the interpreter would wait forever."""
+    import multiprocessing
+
+    for p in multiprocessing.active_children():
+        if p.daemon:
+            p.kill()
 
 
 # ---------------------------------------------------------------------------------------------
