@@ -326,7 +326,7 @@ def test_preset_with_the_callers_overrides(tmp_path):
     """A shrunken preset saved by tinyvit loads back by name when the same overrides are given."""
     small = dict(dim=64, depth=2, num_heads=2, mlp_dim=128)
     model = tinyvit.create_model("vit_tiny_patch16_224", num_classes=10, image_size=32, **small)
-    model.save_pretrained(tmp_path / "small")
+    tinyvit.save_pretrained(model, tmp_path / "small")
     again = tinyvit.create_model("vit_tiny_patch16_224", num_classes=10, pretrained=tmp_path / "small", **small)
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(again(x), model.eval()(x))
@@ -501,7 +501,7 @@ def test_overrides(tmp_path):
 def test_save_pretrained_round_trip(tmp_path):
     torch.save({"model": tiny_timm_deit().state_dict()}, tmp_path / "d.pth")
     model = quiet_load(tmp_path / "d.pth", num_heads=2, image_size=40)
-    model.save_pretrained(tmp_path / "saved")
+    tinyvit.save_pretrained(model, tmp_path / "saved")
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.json", "model.safetensors"]
     back = tinyvit.load_pretrained(tmp_path / "saved")  # the package-level entry point
     assert back.cfg == model.cfg and back.preprocess == model.preprocess and not back.training
@@ -513,7 +513,7 @@ def test_save_pretrained_round_trip(tmp_path):
 
     torch.save(perturb(torchvision.models.resnet18()).state_dict(), tmp_path / "r18.pth")
     resnet = quiet_load(tmp_path / "r18.pth", image_size=160)
-    resnet.save_pretrained(tmp_path / "r")
+    tinyvit.save_pretrained(resnet, tmp_path / "r")
     back = quiet_load(tmp_path / "r")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -524,7 +524,7 @@ def test_save_pretrained_round_trip(tmp_path):
 def test_tinyvit_directory_is_strict(tmp_path):
     model = tinyvit.create_model("vit_tiny_patch16_224", image_size=32, patch_size=8, dim=64, depth=2,
                                  num_heads=2, mlp_dim=128, num_classes=10)
-    model.save_pretrained(tmp_path)
+    tinyvit.save_pretrained(model, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["config"]["depth"] = 3
     (tmp_path / "config.json").write_text(json.dumps(cfg))

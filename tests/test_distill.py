@@ -83,7 +83,7 @@ def save_teacher(path, num_classes=10, classes=None, image_size=16, mean=(0.5,) 
     torch.manual_seed(1)
     model = VisionTransformer(ViTConfig(**{**SMALL, "image_size": image_size}, num_classes=num_classes))
     model.preprocess = Preprocess(image_size, mean, (0.25,) * 3, resize_size=None)
-    model.save_pretrained(path)
+    tinyvit.save_pretrained(model, path)
     if classes is not None:
         (path / "classes.json").write_text(json.dumps(classes))
     return path

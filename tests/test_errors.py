@@ -140,7 +140,7 @@ def test_resnet_trains_with_a_last_batch_of_one_image(tmp_path, capsys):
 
 
 def test_nan_and_inf_weights_are_refused_by_name(tmp_path):
-    tiny_vit().save_pretrained(tmp_path)
+    tinyvit.save_pretrained(tiny_vit(), tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     state["blocks.0.mlp.fc1.weight"][0, 0] = float("nan")
     state["norm.bias"][1] = float("inf")
@@ -354,7 +354,7 @@ def test_negative_num_classes_everywhere(tmp_path):
     for model in (tiny_vit(), tiny_resnet()):
         with pytest.raises(ValueError, match="num_classes=-2; expected an integer >= 0"):
             model.reset_classifier(-2)
-    tiny_vit().save_pretrained(tmp_path)
+    tinyvit.save_pretrained(tiny_vit(), tmp_path)
     with pytest.raises(ValueError, match="num_classes=-1"):  # was a raw error from nn.Linear
         tinyvit.load_pretrained(tmp_path, num_classes=-1)
 
@@ -379,7 +379,7 @@ def test_set_image_size_zero_is_refused():
     ("config", "image_size", -32, "config: ViTConfig.image_size=-32; expected a positive integer"),
 ])
 def test_bad_config_json_names_the_file_and_field(tmp_path, section, field, value, message):
-    tiny_vit().save_pretrained(tmp_path)
+    tinyvit.save_pretrained(tiny_vit(), tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())
     meta[section][field] = value
     (tmp_path / "config.json").write_text(json.dumps(meta))

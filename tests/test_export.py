@@ -173,7 +173,7 @@ def test_pipeline_matches_tinyvit_predict(tmp_path, pre):
 
     model = tiny(preprocess=pre)
     run = tmp_path / "run"
-    model.save_pretrained(run)
+    tinyvit.save_pretrained(model, run)
     classes = [f"c{i}" for i in range(10)]
     (run / "classes.json").write_text(json.dumps(classes))
     images = _images(tmp_path, SIZES)
@@ -359,7 +359,7 @@ def test_a_finetune_checkpoint_is_a_source(tmp_path):
 
 def test_cli(tmp_path, capsys):
     run = tmp_path / "run"
-    tiny().save_pretrained(run)
+    tinyvit.save_pretrained(tiny(), run)
     assert ex.main([str(run), "--to", "timm", "--out", str(tmp_path / "timm")]) == 0
     printed = capsys.readouterr().out
     assert "model.safetensors" in printed and f"timm.create_model('local-dir:{tmp_path / 'timm'}'" in printed
@@ -367,7 +367,7 @@ def test_cli(tmp_path, capsys):
     assert 'backend="pil"' in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"^tinyvit.export: error: --out .*hf: exists"):
         ex.main([str(run), "--to", "hf", "--out", str(tmp_path / "hf")])
-    tiny(pos_embed="sincos").save_pretrained(tmp_path / "sincos")
+    tinyvit.save_pretrained(tiny(pos_embed="sincos"), tmp_path / "sincos")
     with pytest.raises(SystemExit, match=r"^tinyvit.export: error: cannot export to hf: ViTConfig.pos_embed"):
         ex.main([str(tmp_path / "sincos"), "--to", "hf", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no such run directory"):

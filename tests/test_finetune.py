@@ -237,7 +237,7 @@ def test_unknown_preset_and_unfreeze_mode_are_usage_errors(capsys):
 def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "resnet"
-    tinyvit.create_model("resnet18", num_classes=10, layers=[1, 1, 1, 1]).save_pretrained(ckpt)
+    tinyvit.save_pretrained(tinyvit.create_model("resnet18", num_classes=10, layers=[1, 1, 1, 1]), ckpt)
     with pytest.raises(SystemExit, match=f"{ckpt}.*does not hold the architecture of preset 'vit_tiny_patch16_224'"):
         finetune.main(["--model", "vit_tiny_patch16_224", "--weights", str(ckpt), "--dataset", "synthetic",
                        "--out", str(tmp_path / "out")])
@@ -247,7 +247,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
 def test_fine_tuning_from_a_checkpoint_path(tmp_path, capsys):
     torch.manual_seed(0)
     source = tmp_path / "pretrained"
-    tinyvit.create_model("vit_tiny_patch16_224", num_classes=7, image_size=48).save_pretrained(source)
+    tinyvit.save_pretrained(tinyvit.create_model("vit_tiny_patch16_224", num_classes=7, image_size=48), source)
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="head of 7 classes was dropped"):
         assert finetune.main(["--model", "vit_tiny_patch16_224", "--weights", str(source), "--image-size", "32",

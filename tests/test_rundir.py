@@ -140,7 +140,7 @@ def test_changed_bytes_are_refused_by_every_reader_and_named(tmp_path, capsys):
 
     # A directory written by save_pretrained has no manifest: nothing to check it against, it loads.
     plain = tmp_path / "plain"
-    tinyvit.create_model("vit_tiny_patch16_224", num_classes=3, depth=1).save_pretrained(plain)
+    tinyvit.save_pretrained(tinyvit.create_model("vit_tiny_patch16_224", num_classes=3, depth=1), plain)
     flip_a_byte(plain / "model.safetensors")
     assert tinyvit.load_pretrained(plain).cfg.num_classes == 3
 

@@ -97,7 +97,7 @@ def test_save_and_load_round_trip(tmp_path):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     model.preprocess = tinyvit.Preprocess(32, resize_size=None)
-    model.save_pretrained(tmp_path / "m")
+    tinyvit.save_pretrained(model, tmp_path / "m")
     loaded = tinyvit.load_pretrained(tmp_path / "m")
     assert loaded.cfg.token_learner_tokens == 8 and loaded.cfg.token_learner_at == 2
     assert "blocks.2.token_learner.mlp.fc2.weight" in loaded.state_dict()

@@ -3,7 +3,8 @@ official pretrained weights, and the single-trainable-block fine-tuning study.
 
 Importing is cheap and needs no GPU; heavy optional libraries load inside the functions using them.
 """
-from tinyvit.presets import PRESETS, create_model
+from tinyvit.hub import create_model
+from tinyvit.presets import PRESETS
 from tinyvit.preprocess import Preprocess
 from tinyvit.resnet import ResNet, ResNetConfig
 from tinyvit.vit import ViTConfig, VisionTransformer
@@ -16,6 +17,13 @@ def load_pretrained(source, **kwargs):
     from tinyvit.convert import load_pretrained as _load
 
     return _load(source, **kwargs)
+
+
+def save_pretrained(model, directory):
+    """Write model.safetensors + config.json (see tinyvit.convert.save_pretrained)."""
+    from tinyvit.convert import save_pretrained as _save
+
+    return _save(model, directory)
 
 
 def __getattr__(name):
@@ -37,4 +45,5 @@ __all__ = [
     "VisionTransformer",
     "create_model",
     "load_pretrained",
+    "save_pretrained",
 ]

@@ -145,23 +145,6 @@ def evaluate(
 # ---------------------------------------------------------------------------------------------
 
 
-def read_classes(model_dir: Path) -> Optional[list[str]]:
-    """classes.json beside a fine-tuned model (written by tinyvit.finetune), or None."""
-    path = Path(model_dir) / "classes.json"
-    if not path.is_file():
-        return None
-    from tinyvit import rundir
-
-    rundir.verify(path)  # in a run directory: the list the run wrote
-    try:
-        classes = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a JSON list of class names ({e})") from e
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"{path}: expected a JSON list of class names")
-    return classes
-
-
 @dataclass
 class EvalConfig:
     model_dir: str
@@ -195,7 +178,8 @@ def parse_args(argv=None) -> EvalConfig:
 
 
 def run(cfg: EvalConfig) -> dict:
-    import tinyvit
+    from tinyvit.convert import load_pretrained
+    from tinyvit.rundir import read_classes
     from tinyvit.data import DatasetError, load_splits, transforms, Transformed
 
     if cfg.json:  # checked before the evaluation, which may take long, not when writing its result
@@ -208,7 +192,7 @@ def run(cfg: EvalConfig) -> dict:
     model_dir = Path(cfg.model_dir)
     if not model_dir.exists():
         raise FileNotFoundError(f"--model-dir {model_dir}: no such file or directory")
-    model = tinyvit.load_pretrained(model_dir).to(device).eval()
+    model = load_pretrained(model_dir).to(device).eval()
     if model.preprocess is None:
         raise ValueError(f"{model_dir}: the checkpoint carries no preprocessing (mean/std, resolution)")
     splits = load_splits(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, seed=cfg.seed, limit_val=cfg.limit)

@@ -48,6 +48,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from tinyvit import rundir
 from tinyvit.atomic import write_atomic
 from tinyvit.convert import _PIL_RESAMPLE, HUGGING_FACE, RESNET, TIMM, _compile, same
 from tinyvit.presets import PRESETS
@@ -406,20 +407,19 @@ def _json(obj) -> bytes:
 
 
 def _finetune_checkpoint(path: Path) -> Optional[dict]:
-    """The state of tinyvit.finetune's checkpoint.pt (format "tinyvit.finetune"), else None."""
+    """The state of a run's checkpoint.pt (tinyvit/trainer.py), else None."""
     if path.suffix not in (".pt", ".pth"):
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         return None  # not a plain pickle of tensors: let load_pretrained say what it is
-    return state if isinstance(state, dict) and state.get("format") == "tinyvit.finetune" else None
+    return state if isinstance(state, dict) and state.get("format") == rundir.CHECKPOINT_FORMAT else None
 
 
 def load_source(source) -> tuple[nn.Module, Optional[list]]:
     """(model in eval mode, class names or None) from a run directory or any checkpoint."""
     from tinyvit.convert import load_pretrained
-    from tinyvit.evaluate import read_classes
     from tinyvit.presets import build_model
 
     path = Path(source)
@@ -433,7 +433,7 @@ def load_source(source) -> tuple[nn.Module, Optional[list]]:
         model.load_state_dict(state["model"], strict=True)
         return model.eval(), state.get("classes")
     model = load_pretrained(path)
-    return model, read_classes(path) if path.is_dir() else None
+    return model, rundir.read_classes(path) if path.is_dir() else None
 
 
 def export(source, to: str, out, classes: Optional[list] = None) -> Path:

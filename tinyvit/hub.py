@@ -7,8 +7,10 @@ A plain table from preset name to one source (WEIGHTS.md sections 3.2, 3.3, 5 an
 - a Hugging Face hub id (timm's copies of the Google AugReg weights): `huggingface_hub.hf_hub_download`
   caches under the HF cache and verifies the download against the hub's sha256.
 
-`create_model(name, pretrained=True)` calls `pretrained_model`, which loads the file with the
-preset's preprocessing through `tinyvit.convert.load_pretrained`. Nothing here runs at import.
+`create_model(name, pretrained=True)`, tinyvit's public way to build a preset, lives here because it
+is the one call that may fetch: without weights it builds the preset (tinyvit/presets.py); with
+them `pretrained_model` loads the file with the preset's preprocessing through
+`tinyvit.convert.load_pretrained`. Nothing here runs at import.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from typing import Union
 from urllib.parse import urlparse
 
 from torch import nn
+
+from tinyvit.presets import preset, preset_model
 
 _TORCHVISION = "https://download.pytorch.org/models/"
 _DEIT = "https://dl.fbaipublicfiles.com/deit/"
@@ -147,3 +151,21 @@ def pretrained_model(
     else:
         raise TypeError(f"pretrained must be True or a path, got {pretrained!r}")
     return load_pretrained(path, num_classes=num_classes, image_size=image_size, name=name, **overrides)
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    image_size: int | None = None,
+    pretrained: Union[bool, str, os.PathLike] = False,
+    **overrides,
+) -> nn.Module:
+    """A preset by name, randomly initialised, or with its official weights (`pretrained=True`)
+    or a local checkpoint in any format `tinyvit.load_pretrained` reads (`pretrained="path"`).
+
+    `overrides` change ViTConfig / ResNetConfig fields (e.g. drop_path=0.1, pool="mean").
+    """
+    preset(name)  # an unknown name fails here, before any download
+    if pretrained:
+        return pretrained_model(name, pretrained, num_classes=num_classes, image_size=image_size, **overrides)
+    return preset_model(name, num_classes=num_classes, image_size=image_size, **overrides)

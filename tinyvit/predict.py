@@ -91,9 +91,10 @@ def predict(model, images: list, classes: Optional[list], top_k: int, device: to
 
 
 def main(argv=None) -> int:
-    import tinyvit
+    from tinyvit.convert import load_pretrained
     from tinyvit.data import DatasetError
-    from tinyvit.evaluate import read_classes, resolve_device
+    from tinyvit.evaluate import resolve_device
+    from tinyvit.rundir import read_classes
 
     cfg = parse_args(argv)
     try:
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         if not model_dir.exists():
             raise FileNotFoundError(f"--model-dir {model_dir}: no such file or directory")
         device = resolve_device(cfg.device)
-        model = tinyvit.load_pretrained(model_dir).to(device).eval()
+        model = load_pretrained(model_dir).to(device).eval()
         if model.preprocess is None:
             raise ValueError(f"{model_dir}: the checkpoint carries no preprocessing (mean/std, resolution)")
         if model.cfg.num_classes == 0:

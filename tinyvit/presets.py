@@ -1,11 +1,16 @@
 """Presets: the published architectures by name, each with the preprocessing of its official weights.
 
-A plain dict and one function, no registry. Parameter counts match the published models exactly
-(tests/test_presets.py builds timm's and torchvision's models and compares).
+A plain dict and a few functions, no registry; `tinyvit.create_model` (tinyvit/hub.py) adds the
+official weights. Parameter counts match the published models exactly (tests/test_presets.py
+builds timm's and torchvision's models and compares). `parse_overrides` reads the command lines'
+`--override KEY=VALUE` changes of a preset's config.
 """
 from __future__ import annotations
 
-from typing import Union
+import ast
+import re
+import typing
+from dataclasses import fields
 
 from torch import nn
 
@@ -65,32 +70,62 @@ def build_model(arch: str, config: dict, preprocess: Preprocess | None = None) -
     return model
 
 
-def create_model(
-    name: str,
-    num_classes: int = 1000,
-    image_size: int | None = None,
-    pretrained: Union[bool, str] = False,
-    **overrides,
-) -> nn.Module:
-    """A preset by name, randomly initialised, or with its official weights (`pretrained=True`)
-    or a local checkpoint in any format `tinyvit.load_pretrained` reads (`pretrained="path"`).
+def preset(name: str) -> dict:
+    """PRESETS[name], or an error that lists the names."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def preset_model(name: str, num_classes: int = 1000, image_size: int | None = None, **overrides) -> nn.Module:
+    """A preset by name, randomly initialised (tinyvit.create_model also loads weights).
 
     `overrides` change ViTConfig / ResNetConfig fields (e.g. drop_path=0.1, pool="mean").
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    if pretrained:
-        from tinyvit.hub import pretrained_model
-
-        return pretrained_model(name, pretrained, num_classes=num_classes, image_size=image_size, **overrides)
-    preset = PRESETS[name]
-    config = dict(preset["config"], num_classes=num_classes, **overrides)
-    preprocess = preset["preprocess"]
+    entry = preset(name)
+    config = dict(entry["config"], num_classes=num_classes, **overrides)
+    preprocess = entry["preprocess"]
     if image_size is not None and image_size != preprocess.image_size:
-        if preset["arch"] != "vit":
-            # A ResNet is size-agnostic: only the preprocessing changes.
-            preprocess = preprocess.with_image_size(image_size)
-        else:
+        if entry["arch"] == "vit":
             config["image_size"] = image_size
-            preprocess = preprocess.with_image_size(image_size)
-    return build_model(preset["arch"], config, preprocess)
+        preprocess = preprocess.with_image_size(image_size)  # a ResNet is size-agnostic: only this changes
+    return build_model(entry["arch"], config, preprocess)
+
+
+def parse_overrides(items: list, model: str) -> dict:
+    """['depth=2,dim=64', 'drop_path=0.1'] -> {'depth': 2, 'dim': 64, 'drop_path': 0.1}, checked
+    against the fields of the preset's config class."""
+    cls = ViTConfig if preset(model)["arch"] == "vit" else ResNetConfig
+    allowed = {f.name for f in fields(cls)} - {"num_classes", "image_size"}
+    out = {}
+    # Commas separate fields only before "key=": layers=[1,1,1,1] stays whole.
+    for part in (p for item in items for p in re.split(r",(?=\s*\w+=)", item) if p):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in allowed:
+            raise ValueError(f"--override {part!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(allowed))}")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()  # a bare string, e.g. pool=mean
+        _check_override_type(cls, key.strip(), out[key.strip()])
+    return out
+
+
+def _check_override_type(cls, key: str, value) -> None:
+    """The value's type against the config field's annotation (int, float, bool, str, tuple,
+    Optional[...]): depth=two must fail here, by name, not as a TypeError inside the model."""
+    hint = typing.get_type_hints(cls)[key]
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_origin(hint) is typing.Union else [hint]
+    optional = hint is not kinds[0]
+    accepts = {
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        bool: lambda v: isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        tuple: lambda v: isinstance(v, (list, tuple)),
+    }
+    if (optional and value is None) or any(accepts.get(k, lambda v: True)(value) for k in kinds):
+        return
+    names = {int: "an integer", float: "a number", bool: "True or False", str: "a string", tuple: "a list, e.g. [2,2,2,2]"}
+    expected = " or ".join(names.get(k, k.__name__) for k in kinds) + (" or None" if optional else "")
+    raise ValueError(f"--override {key}={value!r}: {cls.__name__}.{key} expects {expected}, got {type(value).__name__}")

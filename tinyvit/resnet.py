@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from tinyvit.vit import _check_int, _is_int, check_input_dtype
+from tinyvit.checks import check_input_dtype, check_int, is_int, take_indices
 
 
 @dataclass
@@ -30,10 +30,10 @@ class ResNetConfig:
         if len(self.layers) != 4:
             raise ValueError(f"ResNetConfig.layers must list 4 stages, got {self.layers}")
         # Every stage builds at least one block (it carries the stride), so 0 would be silently 1.
-        if not all(_is_int(n) and n >= 1 for n in self.layers):
+        if not all(is_int(n) and n >= 1 for n in self.layers):
             raise ValueError(f"ResNetConfig.layers={self.layers}; expected 4 positive block counts")
-        _check_int(self, "num_classes", minimum=0)
-        _check_int(self, "in_channels", minimum=1)
+        check_int(self, "num_classes", minimum=0)
+        check_int(self, "in_channels", minimum=1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -166,7 +166,7 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int) -> "ResNet":
-        if not _is_int(num_classes) or num_classes < 0:
+        if not is_int(num_classes) or num_classes < 0:
             raise ValueError(f"num_classes={num_classes!r}; expected an integer >= 0 (0: no fc)")
         self.cfg.num_classes = num_classes
         if num_classes == 0:
@@ -197,11 +197,9 @@ class ResNet(nn.Module):
         """timm's feature maps by index: 0 the stem (after conv1, bn1, relu; before the max-pool),
         1..4 the stages. indices: None all five, an int n the last n, a list those. `norm` is
         accepted for timm's signature; a ResNet has no final norm to apply."""
-        from tinyvit.vit import _take_indices
-
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r}; a ResNet's feature maps are 'NCHW'")
-        take = _take_indices(5, indices)
+        take = take_indices(5, indices)
         self.check_input(x)
         x = self.relu(self.bn1(self.conv1(x)))
         intermediates = [x] if 0 in take else []
@@ -214,9 +212,3 @@ class ResNet(nn.Module):
         if intermediates_only:
             return intermediates
         return x, intermediates
-
-    def save_pretrained(self, directory) -> None:
-        """Write model.safetensors + config.json (architecture and preprocessing)."""
-        from tinyvit.convert import save_pretrained
-
-        save_pretrained(self, directory)

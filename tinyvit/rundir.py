@@ -62,6 +62,8 @@ from tinyvit.atomic import write_atomic
 MANIFEST = "tinyvit-run.json"
 LOCK = ".tinyvit-run.lock"
 CACHE_DIR = ".tinyvit-feature-cache"  # the feature cache (tinyvit/cache.py), removed when the run ends
+# checkpoint.pt, the resume state tinyvit/trainer.py writes and tinyvit/export.py can read back.
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "tinyvit.finetune", 1
 STAGING = ".tinyvit-tmp-"  # prefix of the folders files are written in before they are renamed
 FORMAT, VERSION = "tinyvit-run", 1
 
@@ -427,3 +429,18 @@ def fingerprint(dataset) -> Optional[str]:
 
 def fingerprints(train, val) -> dict:
     return {"train": fingerprint(train), "val": fingerprint(val)}
+
+
+def read_classes(model_dir: Path) -> list[str] | None:
+    """classes.json beside a fine-tuned model (written by tinyvit.finetune), or None."""
+    path = Path(model_dir) / "classes.json"
+    if not path.is_file():
+        return None
+    verify(path)  # in a run directory: the list the run wrote
+    try:
+        classes = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON list of class names ({e})") from e
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{path}: expected a JSON list of class names")
+    return classes

@@ -316,7 +316,7 @@ def _flops_per_image(model) -> int:
 
 
 def gather(runs: list[Run], full: int) -> list[dict]:
-    import tinyvit
+    from tinyvit.convert import load_pretrained
 
     flops_cache = {}
     rows = []
@@ -326,7 +326,7 @@ def gather(runs: list[Run], full: int) -> list[dict]:
         s = read_summary(run)
         key = (run.model, tuple(run.overrides.items()))
         if key not in flops_cache:
-            flops_cache[key] = _flops_per_image(tinyvit.load_pretrained(run.out))
+            flops_cache[key] = _flops_per_image(load_pretrained(run.out))
         history = [json.loads(l) for l in (run.out / "metrics.jsonl").read_text().splitlines() if l.strip()]
         batch, repeat = s["config"]["batch_size"], s["config"].get("repeat_train", 1)
         rows.append({
@@ -383,9 +383,9 @@ def markdown_table(rows: list[dict], grid: dict) -> str:
 
 def plot(rows: list[dict], grid: dict, out: Path, title: str) -> Optional[Path]:
     """scaling.png when the training size varies, else sweep.png (grouped bars); None for one point."""
-    from tinyvit.finetune import _pyplot, _save_figure
+    from tinyvit.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     sizes = sorted({r["train_size"] for r in rows})
     varying = [k for k in grid if len({r.get(k) for r in rows}) > 1]
     if len(sizes) > 1:
@@ -426,7 +426,7 @@ def plot(rows: list[dict], grid: dict, out: Path, title: str) -> Optional[Path]:
         path = out / "sweep.png"
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save_figure(plt, fig, path)
+    save_figure(plt, fig, path)
     return path
 
 

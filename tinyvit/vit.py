@@ -34,20 +34,9 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tinyvit.checks import check_input_dtype, check_int, is_int, take_indices
 from tinyvit.kernels import attention, layer_norm
 from tinyvit.token_learner import TokenLearner
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_int(cfg, name: str, minimum: int) -> None:
-    """A config field that must be an integer of at least `minimum` (bool is not an integer here)."""
-    value = getattr(cfg, name)
-    if not _is_int(value) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{type(cfg).__name__}.{name}={value!r}; expected {what}")
 
 
 KERNELS = ("auto", "triton", "torch", "reference")
@@ -93,10 +82,10 @@ class ViTConfig:
         # Sizes first, by field name: a zero patch would divide by zero below, a zero image size or
         # a negative class count would build a model that silently has no patches or no head.
         for name in ("patch_size", "image_size", "in_channels", "dim", "depth", "num_heads", "mlp_dim"):
-            _check_int(self, name, minimum=1)
-        _check_int(self, "num_classes", minimum=0)
+            check_int(self, name, minimum=1)
+        check_int(self, "num_classes", minimum=0)
         if self.pre_logits is not None:
-            _check_int(self, "pre_logits", minimum=1)
+            check_int(self, "pre_logits", minimum=1)
         if self.image_size < self.patch_size:
             raise ValueError(
                 f"ViTConfig.image_size={self.image_size} is smaller than one patch (patch_size={self.patch_size})"
@@ -151,20 +140,6 @@ class ViTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def check_input_dtype(x: torch.Tensor, param: torch.Tensor) -> None:
-    """Images must be floating point, of the parameters' dtype unless autocast casts them (a bf16
-    or fp16 model takes its own dtype; under torch.autocast any float but float64, which autocast
-    leaves alone, is cast to what each op needs)."""
-    autocast = torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64
-    if x.is_floating_point() and (x.dtype == param.dtype or autocast):
-        return
-    hint = ("normalised float pixels, not raw ones: model.preprocess.eval_transform() turns a PIL image "
-            "into the tensor these weights expect" if not x.is_floating_point() else
-            f"convert the images with x.to({param.dtype}) (model.preprocess.eval_transform() gives float32) "
-            f"or the model with model.to({x.dtype}), or run under torch.autocast")
-    raise ValueError(f"expected {param.dtype} images (the dtype of this model's parameters), got {x.dtype}; {hint}")
 
 
 def _backend(x: torch.Tensor, kernels: str) -> str:
@@ -394,26 +369,6 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _take_indices(n: int, indices) -> list[int]:
-    """timm's feature_take_indices: None -> all n, an int k -> the last k, a list -> those
-    (negative counts from the end); sorted, as the blocks produce them."""
-    if indices is None:
-        indices = n
-    if isinstance(indices, int):
-        if not 0 < indices <= n:
-            raise ValueError(f"indices={indices}: the last-n count must be 1 to {n} (the number of blocks)")
-        return list(range(n - indices, n))
-    take = []
-    for i in indices:
-        j = n + i if i < 0 else i
-        if not 0 <= j < n:
-            raise ValueError(f"indices: block {i} is out of range for {n} blocks")
-        take.append(j)
-    if not take:
-        raise ValueError("indices: an empty list; name at least one block")
-    return sorted(set(take))
-
-
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: Optional[ViTConfig] = None, **kwargs):
         super().__init__()
@@ -607,7 +562,7 @@ class VisionTransformer(nn.Module):
     def set_image_size(self, image_size: int) -> "VisionTransformer":
         """Serve another image size: resample the position embedding over the new patch grid."""
         cfg = self.cfg
-        if not _is_int(image_size) or image_size < cfg.patch_size:
+        if not is_int(image_size) or image_size < cfg.patch_size:
             raise ValueError(f"image_size={image_size!r}; expected a multiple of patch_size={cfg.patch_size}, "
                              f"at least one patch")
         if image_size % cfg.patch_size:
@@ -629,7 +584,7 @@ class VisionTransformer(nn.Module):
         """New, freshly initialised head(s) for `num_classes` classes (0: none); global_pool, as
         in timm: 'token' (pool='cls') or 'avg' (pool='mean') changes the pooling too."""
         cfg = self.cfg
-        if not _is_int(num_classes) or num_classes < 0:
+        if not is_int(num_classes) or num_classes < 0:
             raise ValueError(f"num_classes={num_classes!r}; expected an integer >= 0 (0: no head)")
         if global_pool is not None:
             pools = {"token": "cls", "avg": "mean"}
@@ -693,7 +648,7 @@ class VisionTransformer(nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'")
-        take = _take_indices(len(self.blocks), indices)
+        take = take_indices(len(self.blocks), indices)
         x = self.embed(x)
         blocks = self.blocks[: max(take) + 1] if stop_early else self.blocks
         intermediates = []
@@ -715,9 +670,3 @@ class VisionTransformer(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
-
-    def save_pretrained(self, directory) -> None:
-        """Write model.safetensors + config.json (architecture and preprocessing)."""
-        from tinyvit.convert import save_pretrained
-
-        save_pretrained(self, directory)
