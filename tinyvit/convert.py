@@ -1,24 +1,23 @@
 """Converters: official pretrained weights of every family into tinyvit, strictly.
 
 `load_pretrained(source)` reads one checkpoint and returns a model in eval mode with the
-preprocessing its weights expect. It goes through these steps, in the order of this file:
+preprocessing its weights expect. It goes through these steps, the first two in their own modules:
 
-1. read the tensors safely: no checkpoint may run code (pickles via `weights_only=True`, npz with
-   `allow_pickle=False`, safetensors). The format is sniffed from the bytes, not the extension.
-2. recognise the family from the key names and rename every key through that family's table to
-   tinyvit's names (which are timm's), transforming layouts on the way (JAX kernels, split q/k/v);
-3. infer the architecture from the shapes (width, depth, patch, grid, MLP, prefix tokens, heads);
+1. read the tensors safely (tinyvit/checkpoint.py): no checkpoint may run code (pickles via
+   `weights_only=True`, npz with `allow_pickle=False`, safetensors). The format is sniffed from the
+   bytes, not the extension, and the family is recognised from a few key names;
+2. rename every key through its family's table to tinyvit's names, which are timm's, transforming
+   layouts on the way (JAX kernels, split q/k/v). tinyvit/keymaps.py holds the tables and lists the
+   families (Google .npz, Hugging Face, timm/DeiT, torchvision ViT and ResNet, tinyvit's own
+   directories) with where ../shared/reference/WEIGHTS.md documents each layout;
+3. infer the architecture from the shapes (width, depth, patch, grid, MLP, prefix tokens, heads),
+   and the preprocessing from the files beside the weights or the family's defaults;
 4. build the model and check every key and shape before loading anything; one error lists all
    missing, unexpected and wrong-shaped keys, naming the file;
 5. optionally give it a new head (`num_classes`) or another resolution (`image_size`).
 
-The families and where their layouts are documented (../shared/reference/WEIGHTS.md):
-    google       vit_jax / AugReg .npz                         WEIGHTS.md section 1
-    hf           Hugging Face ViT, ViTModel, DeiT (classic and v5 names)   section 2
-    timm         timm / original DeiT .pth, timm hub safetensors          section 3
-    torchvision  torchvision VisionTransformer                            section 4
-    resnet       torchvision ResNet-18/34/50                              section 5
-    tinyvit      a directory written by `save_pretrained`
+Steps 3 to 5 are this file, in that order. `save_pretrained` (tinyvit/checkpoint.py) writes the
+tinyvit directory that step 1 reads back.
 
 Numerics. Every PyTorch port computes exact (erf) GELU with LayerNorm eps 1e-6, and so does tinyvit
 by default, also for the Google files (trained with tanh GELU; the ports differ from JAX by ~1e-3).
@@ -29,512 +28,22 @@ are transformers' own. The weights were trained at eps 1e-6 (WEIGHTS.md 2.4); th
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import pickle
 import re
 import warnings
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from tinyvit import rundir
-from tinyvit.atomic import write_atomic
+from tinyvit.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, read_checkpoint
+from tinyvit.keymaps import FAMILIES, Mapped, map_keys, shape_of
 from tinyvit.presets import DEIT, GOOGLE, PRESETS, TORCHVISION, build_model
-from tinyvit.preprocess import HALF, Preprocess
+from tinyvit.preprocess import HALF, PIL_RESAMPLE, Preprocess
 
-FORMAT = "tinyvit"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not fit the model it describes."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Saving: tinyvit's own layout, a directory with model.safetensors and config.json.
-# ---------------------------------------------------------------------------------------------
-
-
-def _arch_of(model: nn.Module) -> str:
-    from tinyvit.resnet import ResNet
-    from tinyvit.vit import VisionTransformer
-
-    if isinstance(model, VisionTransformer):
-        return "vit"
-    if isinstance(model, ResNet):
-        return "resnet"
-    raise TypeError(f"save_pretrained expects a tinyvit VisionTransformer or ResNet, got {type(model).__name__}")
-
-
-def save_pretrained(model: nn.Module, directory) -> Path:
-    """Write `model.safetensors` (the state dict) and `config.json` (architecture, config and
-    preprocessing) into `directory`; `load_pretrained(directory)` rebuilds the same model."""
-    from safetensors.torch import save
-
-    arch = _arch_of(model)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    # safetensors refuses shared or strided storage: store plain contiguous CPU copies.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    preprocess = getattr(model, "preprocess", None)
-    config = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "arch": arch,
-        "config": model.cfg.to_dict(),
-        "preprocess": preprocess.to_dict() if preprocess is not None else None,
-    }
-    # Weights first: a config.json only ever describes weights that are complete on disk.
-    write_atomic(directory / "model.safetensors", lambda f: f.write(save(tensors, metadata={"format": "pt"})))
-    write_atomic(directory / "config.json", lambda f: f.write((json.dumps(config, indent=2) + "\n").encode()))
-    return directory
-
-
-# ---------------------------------------------------------------------------------------------
-# 1. Reading tensors safely. A checkpoint never runs code.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Checkpoint:
-    path: Path  # the weight file itself
-    tensors: dict  # source key -> tensor, as stored
-    family: str = ""
-    wrapper: Optional[str] = None  # "model" / "state_dict": the dict the weights were found under
-    config: Optional[dict] = None  # config.json beside the weights (directories only)
-    preprocessor: Optional[dict] = None  # Hugging Face preprocessor_config.json
-
-
-def _read_torch(path: Path) -> object:
-    import argparse
-
-    try:
-        # The DeiT repository's training checkpoints store their arguments as an argparse.Namespace,
-        # a plain attribute bag that runs no code when rebuilt: the one class allowed beyond tensors.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused: this pickle holds objects other than tensors and plain containers, and "
-            f"unpickling them could run code. Only weights are loaded (torch.load weights_only=True). "
-            f"Re-save just the state dict, or convert it to safetensors. ({e})"
-        ) from e
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read this PyTorch checkpoint; truncated or corrupt? ({e})") from e
-
-
-def _read_npz(path: Path) -> dict:
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}
-    except Exception as e:
-        if isinstance(e, ValueError) and "allow_pickle" in str(e):  # numpy refusing an object array
-            raise CheckpointError(f"{path}: refused: this .npz holds pickled objects, not plain arrays ({e})") from e
-        raise CheckpointError(f"{path}: cannot read this .npz; truncated or corrupt? ({e})") from e
-
-
-def _read_safetensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read this safetensors file; truncated or corrupt? ({e})") from e
-
-
-def _unwrap(obj: object, path: Path) -> tuple[dict, Optional[str]]:
-    """The state dict inside a loaded pickle: DeiT's release files hold it under 'model', training
-    checkpoints under 'state_dict'; nothing else in the file is read."""
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict), found a {type(obj).__name__}")
-    if obj.get("format") == "tinyvit.finetune":  # finetune.CHECKPOINT_FORMAT (not imported: cheap loads)
-        raise CheckpointError(f"{path}: this is a tinyvit resume checkpoint (a run's training state), not a model; "
-                              + _run_hint(path.parent))
-    wrapper = None
-    for key in ("model", "state_dict"):
-        if isinstance(obj.get(key), dict):
-            obj, wrapper = obj[key], key
-            break
-    bad = [f"{k!r} ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        where = f"under {wrapper!r} " if wrapper else ""
-        raise CheckpointError(
-            f"{path}: expected a state dict of tensors {where}but found other values: {', '.join(bad[:8])}"
-            + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
-        )
-    if obj and all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj), wrapper
-
-
-def _run_hint(run: Path) -> str:
-    """Where the model of a tinyvit.finetune run is. Its checkpoint.pt holds the weights too, but
-    not the preprocessing the model is evaluated with nor the class list (classes.json): loading
-    it as a bare state dict would guess both, wrongly, so the loader points at the run instead."""
-    if (run / "model.safetensors").is_file() and (run / "config.json").is_file():
-        return f"load the run directory {run} instead"
-    return (f"the run in {run} has not finished (no model.safetensors yet): continue it with "
-            f"python -m tinyvit.finetune --out {run} --resume, then load the run directory {run}")
-
-
-def read_tensors(path) -> tuple[dict, Optional[str]]:
-    """Source key -> tensor from one weight file, whatever its extension says.
-
-    The format is sniffed from the first bytes: a zip archive is an .npz if it holds .npy members
-    and a PyTorch checkpoint otherwise; safetensors starts with an 8-byte header length and '{';
-    a legacy (pre-1.6) PyTorch file with a pickle protocol byte.
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
-        raise CheckpointError(f"{path}: empty file, not a checkpoint")
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CheckpointError(
-                f"{path}: a truncated or corrupt zip archive (neither a complete .npz nor a PyTorch checkpoint)"
-            ) from e
-        if any(n.endswith(".npy") for n in names):
-            return _read_npz(path), None
-        return _unwrap(_read_torch(path), path)
-    if len(head) >= 9 and head[8:9] == b"{":
-        return _read_safetensors(path), None
-    if head[:1] == b"\x80":
-        return _unwrap(_read_torch(path), path)
-    raise CheckpointError(
-        f"{path}: not a checkpoint: neither a .npz, a safetensors file nor a PyTorch file "
-        f"(it starts with {head[:8]!r})"
-    )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read this JSON file ({e})") from e
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found a {type(d).__name__}")
-    return d
-
-
-def read_checkpoint(source) -> Checkpoint:
-    """A weight file, or a directory in Hugging Face / timm hub / tinyvit layout."""
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"source must be a path to a checkpoint file or directory, got {type(source).__name__}")
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such checkpoint file or directory")
-    config = preprocessor = None
-    if source.is_dir():
-        if (source / "config.json").is_file():
-            config = _read_json(source / "config.json")
-        if (source / "preprocessor_config.json").is_file():
-            preprocessor = _read_json(source / "preprocessor_config.json")
-        found = [source / n for n in ("model.safetensors", "pytorch_model.bin") if (source / n).is_file()]
-        if not found:
-            sharded = [n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-                       if (source / n).is_file()]
-            hint = f" (sharded checkpoints, {sharded[0]}, are not supported)" if sharded else ""
-            raise CheckpointError(
-                f"{source}: a directory without weights: expected model.safetensors or pytorch_model.bin{hint}"
-            )
-        weights = found[0]  # safetensors first: it cannot hold code
-    else:
-        weights = source
-    try:  # in a run directory of tinyvit.finetune: the bytes the run wrote (its manifest's SHA-256)
-        for path in (weights, source / "config.json") if source.is_dir() else (weights,):
-            if path.is_file():
-                rundir.verify(path)
-    except (rundir.ChecksumError, rundir.RunDirError) as e:
-        raise CheckpointError(str(e)) from None
-    tensors, wrapper = read_tensors(weights)
-    if not tensors:
-        raise CheckpointError(f"{weights}: holds no tensors")
-    ckpt = Checkpoint(weights, tensors, wrapper=wrapper, config=config, preprocessor=preprocessor)
-    ckpt.family = detect_family(ckpt)
-    return ckpt
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. Key tables: one per family, source name -> tinyvit (= timm) name + layout transform.
-#
-# A pattern is matched against the whole key. Slots: {i} a block index, {s} a ResNet stage,
-# {j} a conv/bn index in a block, {wb} weight|bias, {bn} a BatchNorm tensor, {qkv} one of the
-# three attention inputs. A target ending in "#{qkv}" is a third of the fused qkv projection;
-# the three parts are concatenated in the order q, k, v afterwards (`_fuse_qkv`).
-# ---------------------------------------------------------------------------------------------
-
-
-def same(t):
-    return t
-
-
-def hwio_to_oihw(t):  # JAX conv kernel [p1, p2, c, d] -> torch [d, c, p1, p2]
-    return rearrange(t, "p1 p2 c d -> d c p1 p2")
-
-
-def transpose(t):  # JAX Dense kernel [in, out] -> torch Linear weight [out, in]
-    return rearrange(t, "i o -> o i")
-
-
-def heads_in(t):  # JAX DenseGeneral q/k/v kernel [d, h, dh] -> rows of qkv [(h dh), d]
-    return rearrange(t, "d h dh -> (h dh) d")
-
-
-def heads_out(t):  # JAX DenseGeneral out kernel [h, dh, d] -> proj weight [d, (h dh)]
-    return rearrange(t, "h dh d -> d (h dh)")
-
-
-def heads_bias(t):  # JAX q/k/v bias [h, dh] -> [(h dh)]
-    return rearrange(t, "h dh -> (h dh)")
-
-
-_ENC = "Transformer/encoderblock_{i}"
-_MHA = _ENC + "/MultiHeadDotProductAttention_1"  # pre-Linen numbering, as the files store it
-GOOGLE_NPZ = [
-    ("embedding/kernel",                               "patch_embed.proj.weight",         hwio_to_oihw),
-    ("embedding/bias",                                 "patch_embed.proj.bias",           same),
-    ("cls",                                            "cls_token",                       same),
-    ("Transformer/posembed_input/pos_embedding",       "pos_embed",                       same),
-    (_ENC + "/LayerNorm_0/scale",                      "blocks.{i}.norm1.weight",         same),
-    (_ENC + "/LayerNorm_0/bias",                       "blocks.{i}.norm1.bias",           same),
-    (_MHA + "/{qkv}/kernel",                           "blocks.{i}.attn.qkv.weight#{qkv}", heads_in),
-    (_MHA + "/{qkv}/bias",                             "blocks.{i}.attn.qkv.bias#{qkv}",  heads_bias),
-    (_MHA + "/out/kernel",                             "blocks.{i}.attn.proj.weight",     heads_out),
-    (_MHA + "/out/bias",                               "blocks.{i}.attn.proj.bias",       same),
-    (_ENC + "/LayerNorm_2/scale",                      "blocks.{i}.norm2.weight",         same),
-    (_ENC + "/LayerNorm_2/bias",                       "blocks.{i}.norm2.bias",           same),
-    (_ENC + "/MlpBlock_3/Dense_0/kernel",              "blocks.{i}.mlp.fc1.weight",       transpose),
-    (_ENC + "/MlpBlock_3/Dense_0/bias",                "blocks.{i}.mlp.fc1.bias",         same),
-    (_ENC + "/MlpBlock_3/Dense_1/kernel",              "blocks.{i}.mlp.fc2.weight",       transpose),
-    (_ENC + "/MlpBlock_3/Dense_1/bias",                "blocks.{i}.mlp.fc2.bias",         same),
-    ("Transformer/encoder_norm/scale",                 "norm.weight",                     same),
-    ("Transformer/encoder_norm/bias",                  "norm.bias",                       same),
-    ("pre_logits/kernel",                              "pre_logits.weight",               transpose),
-    ("pre_logits/bias",                                "pre_logits.bias",                 same),
-    ("head/kernel",                                    "head.weight",                     transpose),
-    ("head/bias",                                      "head.bias",                       same),
-]
-
-# Hugging Face, after dropping the `vit.` / `deit.` prefix. Both spellings of a block: the classic
-# names stored on the hub (`encoder.layer.N...`) and transformers >= 5.9's in-memory names
-# (`layers.N...`, WEIGHTS.md 2.3).
-_L, _L5 = "encoder.layer.{i}", "layers.{i}"
-HUGGING_FACE = [
-    ("embeddings.cls_token",                           "cls_token",                       same),
-    ("embeddings.distillation_token",                  "dist_token",                      same),
-    ("embeddings.position_embeddings",                 "pos_embed",                       same),
-    ("embeddings.patch_embeddings.projection.{wb}",    "patch_embed.proj.{wb}",           same),
-    (_L + ".layernorm_before.{wb}",                    "blocks.{i}.norm1.{wb}",           same),
-    (_L + ".attention.attention.{qkv}.{wb}",           "blocks.{i}.attn.qkv.{wb}#{qkv}",  same),
-    (_L + ".attention.output.dense.{wb}",              "blocks.{i}.attn.proj.{wb}",       same),
-    (_L + ".layernorm_after.{wb}",                     "blocks.{i}.norm2.{wb}",           same),
-    (_L + ".intermediate.dense.{wb}",                  "blocks.{i}.mlp.fc1.{wb}",         same),
-    (_L + ".output.dense.{wb}",                        "blocks.{i}.mlp.fc2.{wb}",         same),
-    (_L5 + ".layernorm_before.{wb}",                   "blocks.{i}.norm1.{wb}",           same),
-    (_L5 + ".attention.{qkv}_proj.{wb}",               "blocks.{i}.attn.qkv.{wb}#{qkv}",  same),
-    (_L5 + ".attention.o_proj.{wb}",                   "blocks.{i}.attn.proj.{wb}",       same),
-    (_L5 + ".layernorm_after.{wb}",                    "blocks.{i}.norm2.{wb}",           same),
-    (_L5 + ".mlp.fc1.{wb}",                            "blocks.{i}.mlp.fc1.{wb}",         same),
-    (_L5 + ".mlp.fc2.{wb}",                            "blocks.{i}.mlp.fc2.{wb}",         same),
-    ("layernorm.{wb}",                                 "norm.{wb}",                       same),
-    ("pooler.dense.{wb}",                              "pre_logits.{wb}",                 same),  # ViTModel (in21k)
-    ("classifier.{wb}",                                "head.{wb}",                       same),
-    ("cls_classifier.{wb}",                            "head.{wb}",                       same),  # DeiT distilled
-    ("distillation_classifier.{wb}",                   "head_dist.{wb}",                  same),
-]
-
-# timm, the original DeiT release and tinyvit share names: the table only says what is accepted.
-TIMM = [
-    ("cls_token",                                      "cls_token",                       same),
-    ("dist_token",                                     "dist_token",                      same),
-    ("pos_embed",                                      "pos_embed",                       same),
-    ("patch_embed.proj.{wb}",                          "patch_embed.proj.{wb}",           same),
-    ("blocks.{i}.norm1.{wb}",                          "blocks.{i}.norm1.{wb}",           same),
-    ("blocks.{i}.attn.qkv.{wb}",                       "blocks.{i}.attn.qkv.{wb}",        same),
-    ("blocks.{i}.attn.proj.{wb}",                      "blocks.{i}.attn.proj.{wb}",       same),
-    ("blocks.{i}.norm2.{wb}",                          "blocks.{i}.norm2.{wb}",           same),
-    ("blocks.{i}.mlp.fc1.{wb}",                        "blocks.{i}.mlp.fc1.{wb}",         same),
-    ("blocks.{i}.mlp.fc2.{wb}",                        "blocks.{i}.mlp.fc2.{wb}",         same),
-    ("norm.{wb}",                                      "norm.{wb}",                       same),
-    ("fc_norm.{wb}",                                   "fc_norm.{wb}",                    same),  # pool, then norm
-    ("pre_logits.fc.{wb}",                             "pre_logits.{wb}",                 same),  # old timm in21k
-    ("pre_logits.{wb}",                                "pre_logits.{wb}",                 same),  # tinyvit
-    ("head.{wb}",                                      "head.{wb}",                       same),
-    ("head_dist.{wb}",                                 "head_dist.{wb}",                  same),
-]
-
-_TV = "encoder.layers.encoder_layer_{i}"
-TORCHVISION_VIT = [
-    ("class_token",                                    "cls_token",                       same),
-    ("conv_proj.{wb}",                                 "patch_embed.proj.{wb}",           same),
-    ("encoder.pos_embedding",                          "pos_embed",                       same),
-    (_TV + ".ln_1.{wb}",                               "blocks.{i}.norm1.{wb}",           same),
-    (_TV + ".self_attention.in_proj_weight",           "blocks.{i}.attn.qkv.weight",      same),  # rows [q; k; v]
-    (_TV + ".self_attention.in_proj_bias",             "blocks.{i}.attn.qkv.bias",        same),
-    (_TV + ".self_attention.out_proj.{wb}",            "blocks.{i}.attn.proj.{wb}",       same),
-    (_TV + ".ln_2.{wb}",                               "blocks.{i}.norm2.{wb}",           same),
-    (_TV + ".mlp.0.{wb}",                              "blocks.{i}.mlp.fc1.{wb}",         same),
-    (_TV + ".mlp.linear_1.{wb}",                       "blocks.{i}.mlp.fc1.{wb}",         same),  # the released files
-    (_TV + ".mlp.3.{wb}",                              "blocks.{i}.mlp.fc2.{wb}",         same),
-    (_TV + ".mlp.linear_2.{wb}",                       "blocks.{i}.mlp.fc2.{wb}",         same),
-    ("encoder.ln.{wb}",                                "norm.{wb}",                       same),
-    ("heads.pre_logits.{wb}",                          "pre_logits.{wb}",                 same),
-    ("heads.head.{wb}",                                "head.{wb}",                       same),
-]
-
-RESNET = [
-    ("conv1.weight",                                   "conv1.weight",                    same),
-    ("bn1.{bn}",                                       "bn1.{bn}",                        same),
-    ("layer{s}.{i}.conv{j}.weight",                    "layer{s}.{i}.conv{j}.weight",     same),
-    ("layer{s}.{i}.bn{j}.{bn}",                        "layer{s}.{i}.bn{j}.{bn}",         same),
-    ("layer{s}.{i}.downsample.0.weight",               "layer{s}.{i}.downsample.0.weight", same),
-    ("layer{s}.{i}.downsample.1.{bn}",                 "layer{s}.{i}.downsample.1.{bn}",  same),
-    ("fc.{wb}",                                        "fc.{wb}",                         same),
-]
-
-_SLOTS = {
-    "i": r"\d+",
-    "s": "[1-4]",
-    "j": "[1-3]",
-    "wb": "weight|bias",
-    "bn": "weight|bias|running_mean|running_var|num_batches_tracked",
-    "qkv": "query|key|value|q|k|v",
-}
-
-
-def _compile(pattern: str) -> re.Pattern:
-    pieces = re.split(r"\{(\w+)\}", pattern)  # literal, slot, literal, slot, ...
-    return re.compile("".join(re.escape(p) if n % 2 == 0 else f"(?P<{p}>{_SLOTS[p]})" for n, p in enumerate(pieces)))
-
-
-FAMILIES = {
-    # family: (what it is, its table, the prefixes its keys may carry)
-    "google": ("a Google vit_jax / AugReg .npz", GOOGLE_NPZ, ("opt/target/",)),
-    "hf": ("a Hugging Face ViT / DeiT checkpoint", HUGGING_FACE, ("vit.", "deit.")),
-    "timm": ("a timm / DeiT ViT state dict", TIMM, ()),
-    "torchvision": ("a torchvision VisionTransformer state dict", TORCHVISION_VIT, ()),
-    "resnet": ("a torchvision ResNet state dict", RESNET, ()),
-    "tinyvit": ("a tinyvit directory", None, ()),
-}
-_COMPILED = {fam: [(_compile(p), t, f) for p, t, f in table] for fam, (_, table, _) in FAMILIES.items() if table}
-
-
-def detect_family(ckpt: Checkpoint) -> str:
-    """Which table reads this checkpoint, from a few unmistakable keys."""
-    keys = set(ckpt.tensors)
-    if ckpt.config is not None and ckpt.config.get("format") == FORMAT:
-        return "tinyvit"
-    if any(k.startswith(("params/", "opt/target/params/")) for k in keys):
-        raise CheckpointError(
-            f"{ckpt.path}: a big_vision checkpoint ('params/...' keys); its position embedding has no "
-            f"class-token slot and its layout is not supported. Use the vit_jax / AugReg .npz files"
-        )
-    if any(k.endswith("embedding/kernel") or k.startswith(("Transformer/", "opt/target/Transformer/")) for k in keys):
-        return "google"
-    if any("embeddings.patch_embeddings.projection." in k for k in keys):
-        return "hf"
-    if "conv_proj.weight" in keys:
-        return "torchvision"
-    if "patch_embed.proj.weight" in keys:
-        return "timm"
-    if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
-        return "resnet"
-    sample = ", ".join(repr(k) for k in sorted(keys)[:5])
-    raise CheckpointError(
-        f"{ckpt.path}: not a checkpoint of a known family ({len(keys)} tensors, e.g. {sample}); expected "
-        f"a Google .npz, a Hugging Face ViT/DeiT, a timm/DeiT, a torchvision ViT or ResNet state dict"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Renaming through a table.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Mapped:
-    """A checkpoint renamed to tinyvit's keys, with everything that did not fit recorded."""
-
-    state: dict = field(default_factory=dict)  # tinyvit key -> tensor
-    origin: dict = field(default_factory=dict)  # tinyvit key -> the source key(s) it came from
-    unexpected: list = field(default_factory=list)  # "source key (shape)" that no table row reads
-    problems: list = field(default_factory=list)  # layout errors, duplicates, incomplete q/k/v
-
-
-def _shape(t: torch.Tensor) -> tuple:
-    return tuple(t.shape)
-
-
-def _strip(key: str, prefixes: tuple) -> str:
-    for p in prefixes:
-        if key.startswith(p):
-            return key[len(p):]
-    return key
-
-
-def map_keys(ckpt: Checkpoint) -> Mapped:
-    """Rename (and transform) every source key through its family's table."""
-    out = Mapped()
-    _, _, prefixes = FAMILIES[ckpt.family]
-    rows = _COMPILED[ckpt.family]
-    for src, t in ckpt.tensors.items():
-        key = _strip(src, prefixes)
-        for regex, target, transform in rows:
-            m = regex.fullmatch(key)
-            if m:
-                break
-        else:
-            out.unexpected.append(f"{src} {_shape(t)}")
-            continue
-        name = target.format(**m.groupdict())
-        try:
-            value = transform(t)
-        except Exception as e:  # wrong rank for the layout transform
-            out.problems.append(f"{src} {_shape(t)}: cannot convert to {name} with {transform.__name__} ({e})")
-            continue
-        if name in out.state:
-            out.problems.append(f"{src} and {out.origin[name]} both map to {name}")
-            continue
-        out.state[name], out.origin[name] = value, src
-    _fuse_qkv(out)
-    return out
-
-
-def _fuse_qkv(out: Mapped) -> None:
-    """Concatenate the `...#q`, `...#k`, `...#v` thirds into timm's fused qkv rows [q; k; v]."""
-    groups: dict[str, dict] = {}
-    for name in [n for n in out.state if "#" in n]:
-        base, part = name.split("#")
-        groups.setdefault(base, {})[part[0]] = name  # "query" / "q" -> "q"
-    for base, parts in groups.items():
-        names = [parts.get(p) for p in "qkv"]
-        tensors = [out.state.pop(n) for n in names if n]
-        sources = [out.origin.pop(n) for n in names if n]
-        if None in names:
-            missing = ", ".join(p for p in "qkv" if p not in parts)
-            found = ", ".join(sorted(parts))
-            out.problems.append(f"{base}: the file has the {found} part(s) but no {missing} ({sources})")
-            continue
-        if len({_shape(t) for t in tensors}) != 1:
-            shapes = ", ".join(f"{s} {_shape(t)}" for s, t in zip(sources, tensors))
-            out.problems.append(f"{base}: q, k, v have different shapes: {shapes}")
-            continue
-        out.state[base] = torch.cat(tensors, dim=0)  # [3 d, d] or [3 d]
-        out.origin[base] = " + ".join(sources)
-
+# Re-exported for existing callers (`from tinyvit.convert import save_pretrained, read_tensors`).
+from tinyvit.checkpoint import read_tensors, save_pretrained  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # 3. The architecture, from the shapes.
@@ -562,13 +71,13 @@ def infer_vit_config(state: dict, path: Path) -> dict:
     w = state["patch_embed.proj.weight"]
     if w.ndim != 4 or w.shape[2] != w.shape[3]:
         raise CheckpointError(
-            f"{path}: patch embedding of shape {_shape(w)}; expected a square conv kernel [d, c, p, p]"
+            f"{path}: patch embedding of shape {shape_of(w)}; expected a square conv kernel [d, c, p, p]"
         )
     dim, in_channels, patch = w.shape[0], w.shape[1], w.shape[2]
     prefix = int("cls_token" in state) + int("dist_token" in state)
     pos = state["pos_embed"]
     if pos.ndim != 3:
-        raise CheckpointError(f"{path}: position embedding of shape {_shape(pos)}; expected [1, tokens, d]")
+        raise CheckpointError(f"{path}: position embedding of shape {shape_of(pos)}; expected [1, tokens, d]")
     grid = math.isqrt(pos.shape[1] - prefix)
     if grid * grid != pos.shape[1] - prefix:
         raise CheckpointError(
@@ -725,7 +234,6 @@ def _check_preset(arch: str, config: dict, name: str, path: Path, overrides: dic
 
 # Hugging Face ViTImageProcessor: straight to 224x224, bilinear, no crop, [-1, 1].
 HF_VIT = Preprocess(224, HALF, HALF, "bilinear", None)
-_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def _side(size, path: Path) -> Optional[int]:
@@ -743,9 +251,9 @@ def preprocess_from_hf(proc: dict, path: Path) -> Preprocess:
     """Hugging Face preprocessor_config.json -> Preprocess. A square resize before the crop is
     read as a short-side resize: the same for square images, and the crop ratio is kept."""
     resample = proc.get("resample", 2)
-    if resample not in _PIL_RESAMPLE:
+    if resample not in PIL_RESAMPLE:
         raise CheckpointError(
-            f"{path}: resample={resample!r}; supported: {_PIL_RESAMPLE}. Pass name= to use a preset's preprocessing"
+            f"{path}: resample={resample!r}; supported: {PIL_RESAMPLE}. Pass name= to use a preset's preprocessing"
         )
     size = _side(proc.get("size"), path) if proc.get("do_resize", True) else None
     crop = _side(proc.get("crop_size"), path) if proc.get("do_center_crop", False) else None
@@ -754,8 +262,8 @@ def preprocess_from_hf(proc: dict, path: Path) -> Preprocess:
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     if crop is not None:
-        return Preprocess(crop, mean, std, _PIL_RESAMPLE[resample], size)
-    return Preprocess(size or 224, mean, std, _PIL_RESAMPLE[resample], None)
+        return Preprocess(crop, mean, std, PIL_RESAMPLE[resample], size)
+    return Preprocess(size or 224, mean, std, PIL_RESAMPLE[resample], None)
 
 
 def preprocess_from_timm(cfg: dict) -> Preprocess:
@@ -823,15 +331,17 @@ def load_strict(model: nn.Module, mapped: Mapped, path: Path, what: str) -> None
             if k.endswith("num_batches_tracked"):  # optional in old ResNet files (WEIGHTS.md 5)
                 state[k] = ref.clone()
             else:
-                missing.append(f"{k} {_shape(ref)}")
+                missing.append(f"{k} {shape_of(ref)}")
             continue
         got = state[k].shape
         if k == "patch_embed.proj.weight" and ref.ndim == 2 and len(got) == 4:
             got = torch.Size([got[0], got[1] * got[2] * got[3]])  # the linear patch view reads the conv kernel
         if got != ref.shape:
-            mismatched.append(f"{k} from {mapped.origin.get(k, k)!r}: file {_shape(state[k])}, model {_shape(ref)}")
+            mismatched.append(
+                f"{k} from {mapped.origin.get(k, k)!r}: file {shape_of(state[k])}, model {shape_of(ref)}"
+            )
     unexpected = mapped.unexpected + [
-        f"{mapped.origin[k]} {_shape(t)}" + (f" (as {k})" if mapped.origin[k] != k else "")
+        f"{mapped.origin[k]} {shape_of(t)}" + (f" (as {k})" if mapped.origin[k] != k else "")
         for k, t in state.items() if k not in expected
     ]
     if missing or unexpected or mismatched or mapped.problems:
@@ -927,7 +437,7 @@ def load_pretrained(
         if registers:  # timm's *_reg* models, Hugging Face's Dinov2WithRegisters
             k = registers[0]
             raise CheckpointError(
-                f"{ckpt.path}: unsupported: register tokens ({k!r} {_shape(ckpt.tensors[k])}; Darcet et al. 2024, "
+                f"{ckpt.path}: unsupported: register tokens ({k!r} {shape_of(ckpt.tensors[k])}; Darcet et al. 2024, "
                 f"\"Vision Transformers Need Registers\"); tinyvit's ViT has only class and distillation tokens"
             )
         mapped = map_keys(ckpt)

@@ -50,9 +50,9 @@ from torch import nn
 
 from tinyvit import rundir
 from tinyvit.atomic import write_atomic
-from tinyvit.convert import _PIL_RESAMPLE, HUGGING_FACE, RESNET, TIMM, _compile, same
+from tinyvit.keymaps import HUGGING_FACE, RESNET, TIMM, compile_pattern, same
 from tinyvit.presets import PRESETS
-from tinyvit.preprocess import Preprocess
+from tinyvit.preprocess import PIL_RESAMPLE, Preprocess
 from tinyvit.resnet import ResNet
 from tinyvit.vit import ViTConfig, VisionTransformer
 
@@ -80,7 +80,7 @@ def invert(table: list, state: dict) -> dict:
         if transform is not same:
             raise ValueError(f"row {source!r} -> {target!r} transforms the tensor; it cannot run backwards")
         fused = target.endswith("#{qkv}")
-        rows.append((_compile(target.removesuffix("#{qkv}")), source, fused))
+        rows.append((compile_pattern(target.removesuffix("#{qkv}")), source, fused))
     out = {}
     for key, t in state.items():
         match = next(((m, source, fused) for regex, source, fused in rows if (m := regex.fullmatch(key))), None)
@@ -191,7 +191,7 @@ def _check(model: nn.Module, to: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}  # the inverse of convert._hf_numerics
-_PIL = {name: code for code, name in _PIL_RESAMPLE.items()}  # "bicubic" -> 3, as PIL numbers them
+_PIL = {name: code for code, name in PIL_RESAMPLE.items()}  # "bicubic" -> 3, as PIL numbers them
 
 
 def _labels(classes: Optional[list], n: int) -> list[str]:
@@ -453,7 +453,7 @@ def main(argv=None) -> int:
     p.add_argument("--to", required=True, choices=TARGETS, help="hf: a transformers folder; timm: a timm folder")
     p.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
     a = p.parse_args(argv)
-    from tinyvit.convert import CheckpointError
+    from tinyvit.checkpoint import CheckpointError
 
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -15,6 +15,8 @@ from typing import Optional
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)  # Google ViT / AugReg: (x - 0.5) / 0.5 maps [0, 1] to [-1, 1]
+# PIL's numbers for the interpolations: Hugging Face image processors store `resample` as one of these.
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 @dataclass(frozen=True)
