@@ -5,12 +5,10 @@ import signal
 
 import pytest
 import torch
-from PIL import Image
 
 import tinyvit
 from tinyvit import evaluate, finetune, predict
-
-
+from image_fixtures import make_image_folder
 
 
 TINY_VIT = ["--model", "vit_tiny_patch16_224", "--weights", "none", "--image-size", "32",
@@ -185,16 +183,6 @@ def test_resnet_last_leaves_the_frozen_stages_and_their_statistics_bitwise(tmp_p
         assert torch.equal(v, trained[k]), f"frozen {k} changed"
     assert not torch.equal(initial["layer4.0.bn2.running_var"], trained["layer4.0.bn2.running_var"])
     assert not torch.equal(initial["layer4.0.conv2.weight"], trained["layer4.0.conv2.weight"])
-
-
-def make_image_folder(root, n=4, size=40):
-    for split in ("train", "val"):
-        for c, colour in enumerate([(220, 20, 20), (20, 20, 220)]):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.new("RGB", (size, size - 4 * i), colour).save(folder / f"{i}.png")
-    return root
 
 
 def test_imagefolder_run_and_a_corrupt_image(tmp_path):

@@ -17,6 +17,7 @@ from PIL import Image
 
 import tinyvit
 from tinyvit import data, evaluate, finetune, predict, rundir
+from image_fixtures import make_image_folder
 
 TINY = ["--model", "vit_tiny_patch16_224", "--weights", "none", "--image-size", "32",
         "--override", "patch_size=8,dim=32,depth=2,num_heads=2,mlp_dim=64"]
@@ -274,18 +275,8 @@ def test_sigterm_to_the_process_group_saves_a_checkpoint_and_exits_143(tmp_path)
 # ---------------------------------------------------------------------------------------------
 
 
-def image_folder(root, n, size=40):
-    for split in ("train", "val"):
-        for c, colour in enumerate([(220, 20, 20), (20, 20, 220)]):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.new("RGB", (size, size - 4 * i), colour).save(folder / f"{i}.png")
-    return root
-
-
 def test_resume_on_other_data_with_the_same_classes_is_refused_unless_allowed(tmp_path, capsys):
-    a, b = image_folder(tmp_path / "a", 4), image_folder(tmp_path / "b", 5)
+    a, b = make_image_folder(tmp_path / "a", 4), make_image_folder(tmp_path / "b", 5)
     out = tmp_path / "run"
     base = TINY + ["--dataset", "imagefolder", "--batch-size", "4", "--num-workers", "0", "--no-progress"]
     assert finetune.main(base + ["--data-dir", str(a), "--epochs", "1", "--out", str(out)]) == 0
@@ -329,7 +320,7 @@ def test_fingerprints_follow_the_data():
 
 
 def test_folder_fingerprints_see_sizes_and_names_not_the_location(tmp_path):
-    root = image_folder(tmp_path / "a", 2)
+    root = make_image_folder(tmp_path / "a", 2)
     classes = data.ImageFolder.find_classes(root / "train")
     first = rundir.fingerprint(data.ImageFolder(root / "train", classes))
     (root / "train").rename(tmp_path / "elsewhere")

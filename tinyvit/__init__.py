@@ -20,16 +20,16 @@ def load_pretrained(source, **kwargs):
 
 
 def save_pretrained(model, directory):
-    """Write model.safetensors + config.json (see tinyvit.convert.save_pretrained)."""
-    from tinyvit.convert import save_pretrained as _save
+    """Write model.safetensors + config.json (see tinyvit.checkpoint.save_pretrained)."""
+    from tinyvit.checkpoint import save_pretrained as _save
 
     return _save(model, directory)
 
 
 def __getattr__(name):
-    # CheckpointError lives with the converters, imported only when asked for (cheap `import tinyvit`).
+    # CheckpointError lives with the checkpoint readers, imported only when asked for (cheap `import tinyvit`).
     if name == "CheckpointError":
-        from tinyvit.convert import CheckpointError
+        from tinyvit.checkpoint import CheckpointError
 
         return CheckpointError
     raise AttributeError(f"module 'tinyvit' has no attribute {name!r}")

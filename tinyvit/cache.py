@@ -33,7 +33,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -147,10 +147,10 @@ def build(
     world: int = 1,
     progress=None,
     should_stop: Callable[[], bool] = lambda: False,  # must agree across processes
-    start_workers: Callable[[DataLoader], Iterable] = iter,  # tinyvit.finetune: workers that leave signals alone
 ) -> Optional[FeatureCache]:
     """Run `prefix` once over `dataset` and keep its outputs; None if `should_stop()` turned true."""
     from tinyvit.evaluate import autocast
+    from tinyvit.processes import start_workers  # workers that leave Ctrl-C and SIGTERM to this process
 
     start = time.perf_counter()
     n = len(dataset)

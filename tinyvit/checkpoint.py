@@ -138,7 +138,7 @@ def _unwrap(obj: object, path: Path) -> tuple[dict, Optional[str]]:
     checkpoints under 'state_dict'; nothing else in the file is read."""
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors (a state dict), found a {type(obj).__name__}")
-    if obj.get("format") == "tinyvit.finetune":  # finetune.CHECKPOINT_FORMAT (training sits above this layer)
+    if obj.get("format") == rundir.CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: this is a tinyvit resume checkpoint (a run's training state), not a model; "
                               + _run_hint(path.parent))
     wrapper = None

@@ -21,7 +21,7 @@ The two layouts (../shared/reference/WEIGHTS.md sections 2 and 3):
           model.safetensors        timm's names, which are tinyvit's
           README.md                the timm calls that load it, by folder and by name
 
-The key names are not written out a second time: the tables in tinyvit/convert.py that read these
+The key names are not written out a second time: the tables in tinyvit/keymaps.py that read these
 formats run backwards here (`invert`). Each tinyvit key is matched against the tinyvit side of the
 table; the row that produces it names the key to write, and a fused qkv is cut back into its q, k
 and v thirds. Reading the export back gives the same keys and tensors (tests/test_export.py).

@@ -71,15 +71,19 @@ from pathlib import Path
 import torch
 
 from tinyvit import data, freeze, recipe, rundir
-from tinyvit.rundir import CHECKPOINT_FORMAT  # noqa: F401
 from tinyvit.evaluate import AMP_CHOICES
-from tinyvit.presets import PRESETS, parse_overrides  # noqa: F401 (finetune.parse_overrides, as before the split)
-from tinyvit.processes import Dist, StopRequest, start_workers, init_distributed, Interrupted  # noqa: F401
+from tinyvit.presets import PRESETS
+from tinyvit.processes import Interrupted, StopRequest, init_distributed
 from tinyvit.report import format_table, speedup_line
+from tinyvit.trainer import LR_DEFAULTS, Config, NonFiniteLoss, Trainer, load_checkpoint
+
+# What this module defined before the trainer, schedule, processes and report moved out of it:
+# still importable from here (finetune.Trainer, finetune.lr_factor, ...).
+from tinyvit.presets import parse_overrides  # noqa: F401
+from tinyvit.processes import Dist, start_workers  # noqa: F401
+from tinyvit.rundir import CHECKPOINT_FORMAT  # noqa: F401
 from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch  # noqa: F401
-from tinyvit.trainer import (  # noqa: F401 (Config, Trainer, load_model ... were defined here before the split)
-    LR_DEFAULTS, Config, NonFiniteLoss, Trainer, load_checkpoint, load_model,
-)
+from tinyvit.trainer import load_model  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------

@@ -461,6 +461,7 @@ def main(argv=None) -> int:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     try:
         from tinyvit import data, finetune
+        from tinyvit.presets import parse_overrides
 
         owned = sorted({a.split("=")[0] for a in passthrough} & set(OWNED))
         if owned:
@@ -480,7 +481,7 @@ def main(argv=None) -> int:
             except SystemExit:
                 raise ValueError(f"--models {m.label}: finetune rejected its flags (above)") from None
             for combo in itertools.product(*grid.values()):
-                finetune.parse_overrides(list(cfg.override) + [f"{k}={v}" for k, v in zip(grid, combo)], m.preset)
+                parse_overrides(list(cfg.override) + [f"{k}={v}" for k, v in zip(grid, combo)], m.preset)
             checked[m.label] = cfg
         cfg = next(iter(checked.values()))
         if cfg.limit_train is not None:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tinyvit import data, freeze, recipe, rundir
-from tinyvit.convert import save_pretrained
+from tinyvit.checkpoint import save_pretrained
 from tinyvit.evaluate import Tally, amp_dtype, autocast, evaluate, per_class_accuracy
 from tinyvit.hub import create_model
 from tinyvit.presets import PRESETS, build_model, parse_overrides
@@ -35,12 +35,15 @@ from tinyvit.report import plot_confusion, plot_curves, speedup_line, timing
 from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch
 
 
-LR_DEFAULTS = {"head": 1e-3, "blocks": 1e-4, "all": 2e-5}  # for batch 128; see the module docstring
+LR_DEFAULTS = {"head": 1e-3, "blocks": 1e-4, "all": 2e-5}  # for batch 128; tinyvit/finetune.py says why
 RESNET_MIN_SIZE = 32  # as ResNet.check_input: five stride-2 steps leave one pixel of 32
 
 
 @dataclass
 class Config:
+    """Every setting of one run, with its default. `python -m tinyvit.finetune` fills it from flags
+    of the same names; checkpoint.pt stores it, so --resume continues the run as configured."""
+
     model: str = "vit_base_patch16_224"
     weights: str = "official"  # "official", "none" (random init) or a checkpoint path
     dataset: str = "cifar10"
@@ -322,7 +325,7 @@ class Trainer:
                     self.split.prefix, data.Transformed(dataset, self.eval_tf), storage=self.cfg.cache,
                     device=self.device, dtype=self.dtype, path=self.out / rundir.CACHE_DIR / f"{name}.npy",
                     batch_size=self.batch, num_workers=self.num_workers, rank=self.dist.rank,
-                    world=self.dist.world, progress=bar, should_stop=stop, start_workers=start_workers,
+                    world=self.dist.world, progress=bar, should_stop=stop,
                 )
             if built is None:
                 raise Interrupted(self.epoch + 1, self.batches_done, self.partial)

@@ -8,7 +8,7 @@ Module names follow timm's VisionTransformer (patch_embed.proj, cls_token, pos_e
 blocks.i.norm1, blocks.i.attn.qkv, blocks.i.attn.proj, blocks.i.norm2, blocks.i.mlp.fc1/fc2,
 norm, head, and DeiT's dist_token/head_dist), so a timm state dict loads with no renaming and
 the other official layouts (Google .npz, Hugging Face, torchvision) map through short tables in
-`tinyvit/convert.py`.
+`tinyvit/keymaps.py`.
 
 Attention and LayerNorm go through `tinyvit.kernels` (fused Triton kernels on CUDA, PyTorch's fused
 F.scaled_dot_product_attention and F.layer_norm elsewhere, the plain formulas on request);
@@ -20,6 +20,10 @@ of every token, but queries, attention output, projection, norm2, the MLP and th
 computed for the prefix tokens alone. It is the same arithmetic, not an approximation; at ViT-B/16
 the last block costs about 6x fewer FLOPs (tinyvit/flops.py). `forward_features` still returns
 every token.
+
+Why one file of ~670 lines (the library's longest): it is one model read top to bottom, the config
+and its checks, the modules, then VisionTransformer with the switches and timm's feature interface
+its users reach for. Splitting those off would send the reader between files for one model.
 """
 from __future__ import annotations
 
