@@ -1,8 +1,8 @@
 """What a run reports: its epoch table, the feature cache's speed-up, and its two figures.
 
-Plain functions of the run's history (one dict per epoch, as metrics.jsonl holds them), so that
-tinyvit.study and tinyvit.compare draw from the same rows a run wrote. matplotlib loads only when a
-figure is drawn (files only, no display).
+Plain functions of the run's history (one dict per epoch, as metrics.jsonl holds them).
+matplotlib loads only when a figure is drawn (`pyplot`: files only, no display); tinyvit.study
+draws its scaling plot through the same `pyplot` and `save_figure`.
 """
 from __future__ import annotations
 

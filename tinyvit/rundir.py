@@ -21,7 +21,7 @@ what makes those safe. Its guarantees, in the order a run meets them:
    `tinyvit.evaluate --model-dir`, `tinyvit.predict --model-dir` and `tinyvit.load_pretrained`
    (a run directory, or a file in one) check the files they read (`verify`) and name the file on
    a mismatch: a flipped bit in checkpoint.pt or model.safetensors is refused, not trained on.
-   A directory with no manifest (`model.save_pretrained`, a Hugging Face download) loads as before.
+   A directory with no manifest (`tinyvit.save_pretrained`, a Hugging Face download) loads as before.
 4. Every write is atomic and survives `kill -9` at any instant. A file is written in full into
    a private `.tinyvit-tmp-*` folder beside its target, fsynced, hashed, recorded in the manifest,
    then renamed over the target in one step. Between the record and the rename the target may
@@ -43,6 +43,9 @@ the first of these that applies is used:
     plain parameters only (ints, floats, strings)     the parameters (the synthetic dataset)
 
 and otherwise None: the run says it cannot tell whether the data changed, and goes on.
+
+Two names of a run's files live here too, so that readers below the training layer can use them:
+`read_classes` (classes.json, verified) and `CHECKPOINT_FORMAT` (what checkpoint.pt says it is).
 """
 from __future__ import annotations
 
