@@ -14,7 +14,6 @@ them `pretrained_model` loads the file with the preset's preprocessing through
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -25,6 +24,7 @@ from urllib.parse import urlparse
 from torch import nn
 
 from tinyvit.presets import preset, preset_model
+from tinyvit.rundir import sha256_file
 
 _TORCHVISION = "https://download.pytorch.org/models/"
 _DEIT = "https://dl.fbaipublicfiles.com/deit/"
@@ -67,14 +67,6 @@ def hash_prefix(url: str) -> str:
     return m.group(1)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class DownloadError(RuntimeError):
     """Official weights that could not be fetched; the message says how to get them by hand."""
 
@@ -85,7 +77,7 @@ def fetch_url(name: str, url: str) -> Path:
 
     dst, prefix = url_cache_path(url), hash_prefix(url)
     if dst.is_file():
-        if _sha256(dst).startswith(prefix):
+        if sha256_file(dst).startswith(prefix):
             return dst
         warnings.warn(f"{dst}: cached file fails its sha256 check (expected {prefix}...); downloading it again")
         dst.unlink()

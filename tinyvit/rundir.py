@@ -80,8 +80,12 @@ class ChecksumError(ValueError):
 
 
 def sha256_file(path) -> str:
+    """The file's SHA-256, read in 1 MiB chunks (hashlib.file_digest would need Python 3.11)."""
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _names(paths: Iterable, limit: int = 5) -> str:
