@@ -32,9 +32,9 @@ LAYER_NAMES = list(LAYERS)
 
 
 def module_files() -> dict[str, Path]:
-    """Module name -> file, for tinyvit/ and kernels/ (installed as tinyvit.kernels)."""
+    """Module name -> file, for tinyvit/ and tinyvit/kernels/."""
     out = {}
-    for folder, package in ((ROOT / "tinyvit", "tinyvit"), (ROOT / "kernels", "tinyvit.kernels")):
+    for folder, package in ((ROOT / "tinyvit", "tinyvit"), (ROOT / "tinyvit" / "kernels", "tinyvit.kernels")):
         for path in sorted(folder.glob("*.py")):
             out[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
     return out

@@ -10,7 +10,7 @@
 # - the LayerNorm forward and backward formulas, checked against `tinyvit.kernels.layer_norm_reference`;
 # - why the variance is computed in two passes (the one-pass formula cancels catastrophically in
 #   fp32; plotted);
-# - how `kernels/layernorm.py`'s Triton kernel is laid out, run here on a CPU by the Triton
+# - how `tinyvit/kernels/layernorm.py`'s Triton kernel is laid out, run here on a CPU by the Triton
 #   interpreter, forward and backward, against the reference;
 # - how LayerNorm speed is measured (GB/s), and the GPU numbers recorded in `bench/results`.
 
@@ -124,7 +124,7 @@ print("saved", OUT / "05_variance_two_pass.png")
 # %% [markdown]
 # ## The kernel
 #
-# `kernels/layernorm.py` holds the reference, two kernels, their launchers, an
+# `tinyvit/kernels/layernorm.py` holds the reference, two kernels, their launchers, an
 # `autograd.Function` and a module, in that order. The forward kernel is short enough to read
 # here, printed from the library itself. One program normalises one row; `BLOCK_N` is the next
 # power of two ≥ N (`tl.arange` needs a power of two), and `mask = cols < N` keeps the padded

@@ -9,7 +9,7 @@
 # - the online softmax, derived and checked on a 2-block example in plain PyTorch;
 # - FlashAttention-2's tiling (Dao 2023): which program computes what, and what is kept;
 # - the backward pass from the saved log-sum-exp, formula by formula, checked against autograd;
-# - `kernels/attention.py`'s Triton kernel run under the interpreter against
+# - `tinyvit/kernels/attention.py`'s Triton kernel run under the interpreter against
 #   `tinyvit.kernels.attention_reference`, on ViT's awkward 197 tokens;
 # - how attention speed is counted (TFLOP/s), and the GPU numbers recorded in `bench/results`.
 

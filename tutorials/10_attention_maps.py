@@ -211,7 +211,7 @@ print("saved", OUT / "10_attention_maps.png")
 #   soak up attention (Darcet et al. 2024, "Vision Transformers Need Registers", who add register
 #   tokens to absorb them); their maps show spikes this tiny model does not.
 #
-# The library code each step used is in `tinyvit/` and `kernels/`, meant to be read beside these
+# The library code each step used is in `tinyvit/` and `tinyvit/kernels/`, meant to be read beside these
 # tutorials.
 #
 # **Next:** [11_data_scaling.py](11_data_scaling.py) measures what tutorial 9 argued: ViT against

@@ -8,8 +8,8 @@ backend="triton" forces the kernels (and raises if they cannot run), "torch" PyT
 against), and "auto" takes the kernels on CUDA tensors (on CPU tensors too when TRITON_INTERPRET=1 was set
 before import) and PyTorch's fused ops otherwise. attention takes fewer queries than keys: q [B, H, N_q, D]
 against k, v [B, H, N_k, D]. Each op is layered kernel -> launcher (a torch.library operator,
-torch.ops.tinyvit.*) -> autograd.Function -> nn.Module; read kernels/attention.py and
-kernels/layernorm.py top to bottom.
+torch.ops.tinyvit.*) -> autograd.Function -> nn.Module; read tinyvit/kernels/attention.py and
+tinyvit/kernels/layernorm.py top to bottom.
 
 Importing is cheap and device-free: it works without CUDA, and without triton installed (PyTorch's
 fused ops then serve backend="auto").
