@@ -414,8 +414,8 @@ def test_a_crafted_config_is_checked_against_the_weights_before_building(tmp_pat
     meta = json.loads((tmp_path / "config.json").read_text())
     meta["config"][field] = value
     (tmp_path / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=f"{tmp_path / 'config.json'}: config does not describe the weights beside "
-                                              f"it \\(nothing was built\\): {message}"):
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'config.json'}: the config does not describe these weights "
+                                              f"\\(nothing was built\\): {message}"):
         tinyvit.load_pretrained(tmp_path)
 
 

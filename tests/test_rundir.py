@@ -483,3 +483,15 @@ def test_a_read_only_out_is_refused_before_the_model_and_data(tmp_path):
     finally:
         ro.chmod(0o755)
     assert list(ro.iterdir()) == []
+
+
+def test_a_crafted_checkpoint_config_is_refused_before_the_model_is_built(finished_run, tmp_path):
+    out = _copy_run(finished_run, tmp_path / "run")
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["model_config"]["depth"] = 1_000_000
+    torch.save(state, out / "checkpoint.pt")
+    digest, size = rundir.sha256_file(out / "checkpoint.pt"), (out / "checkpoint.pt").stat().st_size
+    _edit_manifest(out, lambda files: files.update({"checkpoint.pt": {"sha256": digest, "bytes": size}}))
+    message = error(["--out", str(out), "--resume", "--epochs", "2", "--num-workers", "0"])
+    assert message == (f"tinyvit.finetune: error: {out / 'checkpoint.pt'}: the config does not describe these weights "
+                       f"(nothing was built): depth=1000000, but the weights hold 2 blocks")

@@ -288,7 +288,7 @@ def check_config_fits(arch: str, config: dict, state: dict, where: Path) -> None
         fc = state.get("fc.weight")
         expect("num_classes", None if fc is None else fc.shape[0], "the head has {} classes")
     if problems:
-        raise CheckpointError(f"{where}: config does not describe the weights beside it (nothing was built): "
+        raise CheckpointError(f"{where}: the config does not describe these weights (nothing was built): "
                               + "; ".join(problems))
 
 

@@ -7,6 +7,10 @@ and timm, each as a folder in that library's own layout, which it loads unaided.
 or from Python `export(source, "hf", out)`, `export_hf(model, out, classes)`, `export_timm(...)`.
 The source is a fine-tuning run directory (its classes.json names the labels; its checkpoint.pt
 serves when the run did not get to write the model) or anything `tinyvit.load_pretrained` reads.
+A file inside a run directory stands for the run. A run's files are checked as the loaders check
+them (the manifest's SHA-256, NaN and non-float weights), and the preprocessing written is the one
+the run evaluates with. The folder is written beside --out under a hidden name and renamed to
+--out at the end, so a killed export never leaves a folder that loads.
 
 The two layouts (../shared/reference/WEIGHTS.md sections 2 and 3):
 

@@ -71,6 +71,7 @@ from pathlib import Path
 import torch
 
 from tinyvit import data, freeze, recipe, rundir
+from tinyvit.convert import check_config_fits
 from tinyvit.evaluate import AMP_CHOICES
 from tinyvit.presets import PRESETS
 from tinyvit.processes import Interrupted, StopRequest, init_distributed
@@ -284,6 +285,10 @@ def main(argv=None) -> int:
         if cfg.resume:
             rundir.verify(out / "checkpoint.pt")  # the bytes the run wrote, or a clear refusal
             resume_state = load_checkpoint(out / "checkpoint.pt")
+            # Its model config against its weights before the model is built (a crafted depth of 10**6
+            # would otherwise allocate until memory runs out).
+            check_config_fits(resume_state.get("arch"), resume_state.get("model_config") or {},
+                              resume_state.get("model") or {}, out / "checkpoint.pt")
             cfg = resumed_config(cfg, given, resume_state["config"])
         dist, device = init_distributed(cfg.device)
         trainer = Trainer(cfg, dist, device, resume_state)

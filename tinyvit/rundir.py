@@ -16,7 +16,12 @@ what makes those safe. Its guarantees, in the order a run meets them:
    (`.tinyvit-feature-cache/`, `.tinyvit-tmp-*`: names no other tool uses). A directory that
    holds anything else is refused, naming what is there; a non-empty directory without a
    manifest is not a run at all and is refused even with `--force` (`--out ~ --force` must never
-   empty `~/.cache`).
+   empty `~/.cache`). Nothing outside the directory is reached through a name the run reads back:
+   the manifest may list only plain names (no `/`, no `..`, not absolute, not the run's own scratch
+   names), each with a 64-hex SHA-256 and a byte count, or it is refused whole; `--force` removes
+   only regular files directly in the directory, and a recorded name that is now a link, a folder
+   or a device is refused by name, never followed or entered. The lock is opened with `O_NOFOLLOW`
+   and must be a regular file with no other name (a hard link would share its bytes).
 3. What is read is what was written. The manifest holds each file's SHA-256. `--resume`,
    `tinyvit.evaluate --model-dir`, `tinyvit.predict --model-dir` and `tinyvit.load_pretrained`
    (a run directory, or a file in one) check the files they read (`verify`) and name the file on
@@ -24,7 +29,8 @@ what makes those safe. Its guarantees, in the order a run meets them:
    A directory with no manifest (`tinyvit.save_pretrained`, a Hugging Face download) loads as before.
 4. Every write is atomic and survives `kill -9` at any instant. A file is written in full into
    a private `.tinyvit-tmp-*` folder beside its target, fsynced, hashed, recorded in the manifest,
-   then renamed over the target in one step. Between the record and the rename the target may
+   then renamed over the target in one step. A write refused for space (a full disk, a quota) is
+   one `WriteError` saying that the previous version of the file is kept. Between the record and the rename the target may
    still hold the previous version, so the entry keeps that version's hash (`replacing`) until
    the rename is done: either version verifies, and the next run settles which one is there.
 5. The data is the data the run began with. The manifest records a fingerprint of each split

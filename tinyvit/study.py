@@ -31,7 +31,11 @@ How the runs are made comparable:
   Steps, epochs and passes are recorded per run.
 
 Every run lives in its own folder under --out; a finished one (summary.json) is skipped, an
-interrupted one resumed (`--resume`), so the same command continues a study after Ctrl-C. At the
+interrupted one resumed (`--resume`), so the same command continues a study after Ctrl-C. A run
+already there counts only if its recorded config is the one this command plans for it (another
+pass-through flag is refused, naming it), and its summary.json and metrics.jsonl are read only
+after they are checked against the run's manifest. The study's own flags (--seed, --limit-train,
+...) are refused in the pass-through and in every model's flags, and a seed listed twice is refused. At the
 end: results.csv (one row per run), results.md (mean ± std over seeds) and scaling.png (accuracy
 against training-set size, one line per model, log x) or sweep.png (grouped bars). Runs are
 sequential in this process by default; `--jobs N` runs N finetune processes at once.
