@@ -212,7 +212,7 @@ def check_memory(cfg: Config) -> None:
     config = {**preset["config"], **parse_overrides(cfg.override, cfg.model)}
     if preset["arch"] == "vit":
         patch, dim = config.get("patch_size", 16), config.get("dim", 768)
-        values = (size // max(1, patch)) ** 2 * dim * 3  # the position table, its gradient and AdamW's moments
+        values = (size // max(1, patch)) ** 2 * dim  # the position table: one row per patch
     else:
         values = 64 * (size // 2) ** 2  # the stem's output for one image
     if isinstance(values, int) and 4 * values > total_ram():
@@ -229,9 +229,11 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 def out_of_memory_message(e: BaseException, cfg: Config, during: str) -> str:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return (f"out of memory {during} ({first[:160]}); try a smaller --batch-size (now {cfg.batch_size})"
-            + (f" or --image-size (now {cfg.image_size})" if cfg.image_size else "")
-            + ("; --resume continues from the last checkpoint" if during.startswith("in epoch") else ""))
+    size = f" (now {cfg.image_size})" if cfg.image_size else ""
+    if during.startswith("in epoch"):  # a batch's activations: the batch is what to shrink first
+        return (f"out of memory {during} ({first[:160]}); try a smaller --batch-size (now {cfg.batch_size}) or "
+                f"--image-size{size}; --resume continues from the last checkpoint")
+    return f"out of memory {during} ({first[:160]}); try a smaller --image-size{size} or model"
 
 
 def resumed_config(cfg: Config, given: set, stored: dict) -> Config:

@@ -35,8 +35,8 @@ interrupted one resumed (`--resume`), so the same command continues a study afte
 already there counts only if its recorded config is the one this command plans for it (another
 pass-through flag is refused, naming it), and its summary.json and metrics.jsonl are read only
 after they are checked against the run's manifest. The study's own flags (--seed, --limit-train,
-...) are refused in the pass-through and in every model's flags, and a seed listed twice is refused. At the
-end: results.csv (one row per run), results.md (mean ± std over seeds) and scaling.png (accuracy
+...) are refused in the pass-through and in every model's flags, and a seed listed twice is refused.
+At the end: results.csv (one row per run), results.md (mean ± std over seeds) and scaling.png (accuracy
 against training-set size, one line per model, log x) or sweep.png (grouped bars). Runs are
 sequential in this process by default; `--jobs N` runs N finetune processes at once.
 """
@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Optional
 
 from tinyvit.atomic import open_append, write_atomic
+
 
 class StudyError(ValueError):
     """A study folder, or a grid, the study refuses; one line."""
