@@ -29,7 +29,6 @@ features (tinyvit/cache.py); with augmentation the teacher runs on every batch.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional, Union
 
