@@ -98,6 +98,12 @@ def test_class_mismatch_is_refused_naming_both(tmp_path):
         distill.load_teacher(save_teacher(tmp_path / "named", classes=other), classes, torch.device("cpu"))
     teacher = distill.load_teacher(save_teacher(tmp_path / "ok", classes=classes), classes, torch.device("cpu"))
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    # A classes.json that cannot be read is refused, not taken as "no names to check".
+    for name, text in (("garbled", '["0", "1'), ("object", '{"0": 1}'), ("binary", b"\xff\xfe")):
+        folder = save_teacher(tmp_path / name)
+        (folder / "classes.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(ValueError, match=rf"--teacher .*{name}: .*classes.json: .*cannot check the teacher's classes"):
+            distill.load_teacher(folder, classes, torch.device("cpu"))
     teacher.train()
     assert not teacher.training  # pinned in eval mode
 
@@ -184,3 +190,15 @@ def test_teacher_errors_are_one_line(teacher_run, tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"it predicts 3 classes, the dataset has 10"):
         finetune.main(TINY_VIT + SMALL_RUN + ["--teacher", str(wrong), "--out", str(tmp_path / "c")])
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_teacher_inside_out_is_refused(teacher_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(teacher_run, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for teacher in (run, run / "model.safetensors"):
+        with pytest.raises(SystemExit, match=rf"^tinyvit.finetune: error: --teacher {teacher} is in --out {run}: this "
+                                             rf"run would replace"):
+            finetune.main(TINY_VIT + SMALL_RUN + ["--teacher", str(teacher), "--out", str(run), "--force"])
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -395,3 +395,178 @@ def test_register_tokens_are_named_as_unsupported(tmp_path):
     torch.save(timm_model.state_dict(), tmp_path / "vit_reg.pth")
     with pytest.raises(CheckpointError, match=r"unsupported: register tokens \('reg_token' \(1, 4, 64\)"):
         tinyvit.load_pretrained(tmp_path / "vit_reg.pth")
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 22: crafted files, flags and resources, each one line naming the file, field or flag.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("image_size", 10 ** 9, r"image_size=1000000000 \(a grid of 125000000x125000000 patches of 8 px\), but the "
+                            "position embedding holds 16 patch positions"),
+    ("depth", 1_000_000, "depth=1000000, but the weights hold 1 blocks"),
+    ("dim", 10 ** 7, "dim=10000000, but the patch embedding is 32 wide"),
+    ("num_classes", 10 ** 9, "num_classes=1000000000, but the head has 3 classes"),
+])
+def test_a_crafted_config_is_checked_against_the_weights_before_building(tmp_path, field, value, message):
+    tinyvit.save_pretrained(tiny_vit(), tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'config.json'}: the config does not describe these weights "
+                                              f"\\(nothing was built\\): {message}"):
+        tinyvit.load_pretrained(tmp_path)
+
+
+def test_a_crafted_sincos_image_size_is_refused_as_too_large(tmp_path):
+    tinyvit.save_pretrained(tiny_vit(pos_embed="sincos"), tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"]["image_size"] = 8 * 10 ** 6
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="image_size=8000000: its sin-cos position table .* would not fit in memory"):
+        tinyvit.load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("to, file, edit, message", [
+    ("hf", "config.json", lambda c: c.update(layer_norm_eps="abc"), "layer_norm_eps='abc'; expected a positive number"),
+    ("hf", "config.json", lambda c: c.update(num_attention_heads="two"), "num_attention_heads='two'; expected a positive"),
+    ("hf", "preprocessor_config.json", lambda c: c.update(size="big"), "size='big'; expected a positive number of pixels"),
+    ("hf", "preprocessor_config.json", lambda c: c.update(size={"shortest_edge": "x"}), "size=.*; expected a positive"),
+    ("timm", "config.json", lambda c: c["pretrained_cfg"].update(crop_pct=0), "pretrained_cfg.crop_pct=0; expected a positive"),
+    ("timm", "config.json", lambda c: c["pretrained_cfg"].update(crop_pct="x"), "pretrained_cfg.crop_pct='x'; expected"),
+])
+def test_crafted_hf_and_timm_configs_name_the_file_and_field(tmp_path, to, file, edit, message):
+    from tinyvit import export
+
+    out = export.export_hf(tiny_vit(), tmp_path / "m") if to == "hf" else export.export_timm(tiny_vit(), tmp_path / "m")
+    config = json.loads((out / file).read_text())
+    edit(config)
+    (out / file).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"{out / file}: {message}"):
+        tinyvit.load_pretrained(out)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--weight-decay", "-1", "argument --weight-decay: '-1': expected 0 or more"),
+    ("--weight-decay", "nan", "argument --weight-decay: 'nan': expected 0 or more"),
+    ("--num-workers", "-1", "argument --num-workers: '-1': expected 0 or more"),
+    ("--num-workers", "two", "argument --num-workers: 'two': expected an integer"),
+])
+def test_negative_weight_decay_and_workers_are_refused_at_parse_time(capsys, flag, value, message):
+    with pytest.raises(SystemExit) as err:
+        finetune.parse_args([flag, value])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_image_size_too_large_for_memory_is_said_so(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"--image-size 8000000: too large for this machine's memory \(.* GiB for the "
+                                         r"position embedding alone"):
+        finetune.main(TINY_VIT[:4] + ["--override", "patch_size=8,dim=32,depth=2,num_heads=2,mlp_dim=64",
+                                      "--image-size", "8000000", "--out", str(out)] + TINY_RUN)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB"),
+])
+def test_out_of_memory_in_training_suggests_a_smaller_batch(tmp_path, monkeypatch, error):
+    def oom(self, stop):
+        raise error
+
+    monkeypatch.setattr(finetune.Trainer, "train_epoch", oom)
+    with pytest.raises(SystemExit, match=r"^tinyvit.finetune: error: out of memory in epoch 1 \(.*\); try a smaller "
+                                         r"--batch-size \(now 16\)") as err:
+        finetune.main(TINY_VIT + TINY_RUN + ["--out", str(tmp_path / "out")])
+    assert "\n" not in str(err.value)
+
+
+def test_a_full_disk_while_writing_the_checkpoint_keeps_the_previous_one(tmp_path):
+    """A real write refused for space (RLIMIT_FSIZE: write() fails with EFBIG, as it fails with ENOSPC on a
+    full disk), in a child process: torch.save's zip writer reports it as its own RuntimeError."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    script = (
+        "import resource, signal, sys, torch\n"
+        "from tinyvit import rundir\n"
+        "run = rundir.RunDir.open(sys.argv[1], log=lambda m: None)\n"
+        "run.start(fresh=True, dataset={})\n"
+        "run.write('checkpoint.pt', lambda f: torch.save({'w': torch.zeros(1000)}, f))\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))\n"
+        "try:\n"
+        "    run.write('checkpoint.pt', lambda f: torch.save({'w': torch.zeros(100000)}, f))\n"
+        "except rundir.WriteError as e:\n"
+        "    print(e)\n"
+        "run.close()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith(f"cannot write checkpoint.pt into {out} (disk full? ")
+    assert proc.stdout.strip().endswith("the previous checkpoint is kept")
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["w"].shape == (1000,)
+    from tinyvit import rundir
+
+    rundir.verify(out / "checkpoint.pt")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", rundir.MANIFEST]  # no staging left
+
+
+def test_a_full_disk_during_a_run_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from tinyvit import rundir
+
+    out = tmp_path / "out"
+    assert finetune.main(TINY_VIT + TINY_RUN + ["--out", str(out)]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    save = torch.save
+
+    def full(obj, f, *a, **kw):
+        if isinstance(obj, dict) and obj.get("format") == rundir.CHECKPOINT_FORMAT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(SystemExit) as err:
+        finetune.main(["--out", str(out), "--resume", "--epochs", "2", "--num-workers", "0"])
+    assert str(err.value) == (f"tinyvit.finetune: error: cannot write checkpoint.pt into {out} (disk full? No space left "
+                              f"on device); the previous checkpoint is kept")
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(token_learner_tokens=16), "token_learner_tokens=16: not fewer than the 16 patch tokens of a 4x4 grid"),
+    (dict(token_learner_tokens=40), "token_learner_tokens=40: not fewer than the 16 patch tokens"),
+    (dict(token_learner_at=99), "token_learner_at=99; expected a block index in 0..1"),
+    (dict(token_learner_at=-1), "token_learner_at=-1; expected a block index in 0..1"),
+])
+def test_token_learner_counts_and_index_are_checked(kw, message):
+    from tinyvit.vit import ViTConfig
+
+    with pytest.raises(ValueError, match=message):
+        ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, num_heads=2, mlp_dim=64, **kw)
+    assert ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, num_heads=2, mlp_dim=64, token_learner_tokens=15)
+
+
+def test_a_corrupt_jpeg_in_val_with_workers_is_one_line_and_no_traceback_at_exit(tmp_path):
+    import subprocess
+    import sys
+
+    from image_fixtures import make_image_folder
+
+    root = make_image_folder(tmp_path / "data")
+    bad = root / "val" / "class0" / "1.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not the rest of a JPEG")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyvit.finetune", *TINY_VIT, "--dataset", "imagefolder", "--data-dir", str(root),
+         "--batch-size", "4", "--epochs", "1", "--no-progress", "--num-workers", "2", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 1
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tinyvit.finetune: error: ") and f"{bad}: cannot read" in lines[0], proc.stderr

@@ -333,8 +333,10 @@ def test_what_a_target_cannot_hold_is_refused_by_field(tmp_path, to, kw, match):
 def test_token_learner_and_unknown_fields_are_refused(tmp_path):
     model = tiny()
     model.cfg.token_learner_tokens = 8  # a field another issue adds: checked with getattr
-    assert any("token_learner_tokens=8" in r for r in ex.refusals(model, "hf"))
-    assert any("token_learner_tokens=8" in r for r in ex.refusals(model, "timm"))
+    for to in ("hf", "timm"):
+        reasons = ex.refusals(model, to)
+        assert sum("token_learner_tokens" in r for r in reasons) == 1, reasons  # named once, not twice
+        assert any("token_learner_tokens=8" in r and "has no TokenLearner" in r for r in reasons)
 
 
 def test_out_folder_must_be_new_or_empty(tmp_path):
@@ -348,13 +350,103 @@ def test_out_folder_must_be_new_or_empty(tmp_path):
 def test_a_finetune_checkpoint_is_a_source(tmp_path):
     """An interrupted run has only checkpoint.pt: model config, preprocessing and classes inside."""
     model = tiny(pool="mean", class_token=False)
-    torch.save({"format": "tinyvit.finetune", "version": 1, "arch": "vit", "model_config": model.cfg.to_dict(),
-                "preprocess": model.preprocess.to_dict(), "classes": [f"k{i}" for i in range(10)],
-                "model": model.state_dict(), "optimizer": {}}, tmp_path / "checkpoint.pt")
-    out = ex.export(tmp_path, "timm", tmp_path / "timm")
-    assert json.loads((out / "config.json").read_text())["label_names"][4] == "k4"
+    state = {"format": "tinyvit.finetune", "version": 1, "arch": "vit", "model_config": model.cfg.to_dict(),
+             "preprocess": CROP.to_dict(), "eval_preprocess": model.preprocess.to_dict(),  # training's, evaluation's
+             "classes": [f"k{i}" for i in range(10)], "model": model.state_dict(), "optimizer": {}}
+    torch.save(state, tmp_path / "checkpoint.pt")
+    out = ex.export(tmp_path / "checkpoint.pt", "timm", tmp_path / "timm")
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_names"][4] == "k4"
+    assert config["pretrained_cfg"]["crop_mode"] == "squash"  # the evaluation preprocessing, not training's crop
     with torch.no_grad():
         torch.testing.assert_close(quiet(tinyvit.load_pretrained, out)(X), model(X))
+
+    # Values checked as load_pretrained checks them; a checkpoint without its evaluation preprocessing refused.
+    for name, change, match in [
+        ("nan", lambda w: w["pos_embed"].fill_(float("nan")), "NaN or Inf values"),
+        ("int", lambda w: w.update({"head.weight": w["head.weight"].to(torch.int32)}), "wrong dtype"),
+        ("old", None, "does not record the preprocessing its model is evaluated with"),
+    ]:
+        bad = {**state, "model": {k: v.clone() for k, v in state["model"].items()}}
+        if change is None:
+            del bad["eval_preprocess"]
+        else:
+            change(bad["model"])
+        torch.save(bad, tmp_path / f"{name}.pt")
+        with pytest.raises(ValueError, match=match):
+            ex.export(tmp_path / f"{name}.pt", "hf", tmp_path / f"out-{name}")
+        assert not (tmp_path / f"out-{name}").exists()
+    bad = {**state, "model_config": {**state["model_config"], "depth": 1_000_000}}
+    torch.save(bad, tmp_path / "deep.pt")
+    with pytest.raises(ValueError, match="depth=1000000, but the weights hold 2 blocks"):
+        ex.export(tmp_path / "deep.pt", "hf", tmp_path / "out-deep")
+
+
+def test_an_export_is_written_beside_and_renamed_into_place(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    tinyvit.save_pretrained(tiny(), run)
+    seen = []
+    write = ex.write_atomic
+
+    def first_file_then_killed(path, fn):
+        seen.append((path.name, (tmp_path / "hf").exists()))
+        write(path, fn)
+        raise KeyboardInterrupt  # as if killed after the first file
+
+    monkeypatch.setattr(ex, "write_atomic", first_file_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        ex.export(run, "hf", tmp_path / "hf")
+    assert seen == [("model.safetensors", False)] and not (tmp_path / "hf").exists()
+    monkeypatch.undo()
+    (tmp_path / "empty").mkdir()  # an empty --out is still accepted
+    for out in (tmp_path / "hf", tmp_path / "empty"):
+        ex.export(run, "hf", out)
+        assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "hf", "run"]  # no staging folder left
+
+    # What a SIGKILL after the first file left before: weights without their config. Refused, not guessed.
+    (tmp_path / "empty" / "config.json").unlink()
+    (tmp_path / "empty" / "preprocessor_config.json").unlink()
+    with pytest.raises(tinyvit.CheckpointError, match="weights without config.json"):
+        tinyvit.load_pretrained(tmp_path / "empty")
+
+
+def test_a_file_of_a_run_is_loaded_and_exported_as_the_run(tmp_path, capsys):
+    from tinyvit import finetune, rundir
+
+    run = tmp_path / "run"
+    assert finetune.main(["--model", "vit_tiny_patch16_224", "--weights", "none", "--image-size", "16",
+                          "--override", "patch_size=8,dim=32,depth=1,num_heads=2,mlp_dim=64", "--dataset", "digits",
+                          "--limit-train", "32", "--limit-val", "16", "--batch-size", "16", "--num-workers", "0",
+                          "--no-progress", "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    whole = quiet(tinyvit.load_pretrained, run)
+    assert whole.preprocess.resize_size is None  # 8-px digits: straight to 16 px, no crop
+    assert quiet(tinyvit.load_pretrained, run / "model.safetensors").preprocess == whole.preprocess
+    with pytest.raises(tinyvit.CheckpointError, match="a tinyvit resume checkpoint"):
+        tinyvit.load_pretrained(run / "checkpoint.pt")
+
+    def exported_preprocessing(source, out):
+        ex.export(source, "timm", out)
+        return quiet(tinyvit.load_pretrained, out).preprocess
+
+    assert exported_preprocessing(run / "checkpoint.pt", tmp_path / "a") == whole.preprocess
+    assert exported_preprocessing(run / "classes.json", tmp_path / "b") == whole.preprocess
+    # A run stopped before it wrote its model: exported from checkpoint.pt, evaluated as the run would be.
+    for name in ("model.safetensors", "config.json", "summary.json"):
+        (run / name).unlink()
+    assert exported_preprocessing(run, tmp_path / "c") == whole.preprocess
+    assert exported_preprocessing(run / "checkpoint.pt", tmp_path / "d") == whole.preprocess
+    with pytest.raises(tinyvit.CheckpointError, match="a file of a tinyvit.finetune run; the run in .* has not finished"):
+        tinyvit.load_pretrained(run / "metrics.jsonl")
+    # checkpoint.pt changed since the run wrote it: refused, as --resume refuses it.
+    blob = bytearray((run / "checkpoint.pt").read_bytes())
+    blob[len(blob) // 2] ^= 1
+    (run / "checkpoint.pt").write_bytes(bytes(blob))
+    with pytest.raises(tinyvit.CheckpointError, match="checkpoint.pt: corrupt or changed since the run wrote it"):
+        ex.export(run, "hf", tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+    assert rundir.MANIFEST in {p.name for p in run.iterdir()}
 
 
 def test_cli(tmp_path, capsys):

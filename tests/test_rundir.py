@@ -111,6 +111,129 @@ def test_a_run_that_failed_before_its_first_checkpoint_is_recoverable(tmp_path, 
 
 
 # ---------------------------------------------------------------------------------------------
+# Nothing outside the run: names read from the manifest are plain names, links are never followed.
+# ---------------------------------------------------------------------------------------------
+
+
+def _edit_manifest(out, edit):
+    manifest = json.loads((out / rundir.MANIFEST).read_text())
+    edit(manifest["files"])
+    (out / rundir.MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert tiny_run(out) == 0
+    return out
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("name", ["../outside.txt", "ABSOLUTE", "sub/outside.txt", "..", ".", "", rundir.LOCK,
+                                  rundir.MANIFEST, f"{rundir.STAGING}x"])
+def test_a_manifest_naming_anything_but_a_plain_file_is_refused_and_nothing_is_removed(finished_run, tmp_path, name):
+    out = _copy_run(finished_run, tmp_path / "run")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the run's")
+    (out / "sub").mkdir() if name.startswith("sub/") else None
+    (out / "sub" / "outside.txt").write_text("x") if name.startswith("sub/") else None
+    name = str(outside) if name == "ABSOLUTE" else name
+    digest = rundir.sha256_file(outside)
+    _edit_manifest(out, lambda files: files.update({name: {"sha256": digest, "bytes": outside.stat().st_size}}))
+    before = sorted(p.name for p in out.iterdir())
+    for extra in (["--force"], ["--resume", "--epochs", "2"], []):
+        message = error(TINY + SMALL + ["--out", str(out), *extra])
+        assert f"files entry {name!r}:" in message and "nothing was removed" in message
+    assert outside.read_text() == "not the run's"
+    assert sorted(p.name for p in out.iterdir()) == before  # not even the lock left behind
+    with pytest.raises(tinyvit.CheckpointError, match="files entry"):
+        tinyvit.load_pretrained(out)
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ("0" * 64, "expected an object with sha256 and bytes, found str"),
+    ({"bytes": 3}, "sha256=None; expected 64 hexadecimal digits"),
+    ({"sha256": "abc", "bytes": 3}, "sha256='abc'; expected 64 hexadecimal digits"),
+    ({"sha256": "0" * 64, "bytes": "3"}, "bytes='3'; expected a whole number of bytes"),
+    ({"sha256": "0" * 64, "bytes": True}, "bytes=True; expected a whole number of bytes"),
+    ({"sha256": "0" * 64, "bytes": 3, "replacing": 7}, "replacing=7; expected 64 hexadecimal digits"),
+])
+def test_a_malformed_manifest_entry_is_one_line_naming_it(finished_run, tmp_path, entry, problem):
+    out = _copy_run(finished_run, tmp_path / "run")
+    _edit_manifest(out, lambda files: files.update({"checkpoint.pt": entry}))
+    for extra in (["--force"], ["--resume", "--epochs", "2"]):
+        message = error(TINY + SMALL + ["--out", str(out), *extra])
+        assert f"files entry 'checkpoint.pt': {problem}" in message
+    assert (out / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("kind", ["folder", "link", "fifo"])
+def test_force_removes_only_regular_files_and_never_follows_a_link(finished_run, tmp_path, kind):
+    out = _copy_run(finished_run, tmp_path / "run")
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes((out / "checkpoint.pt").read_bytes())  # even with the bytes the manifest recorded
+    (out / "checkpoint.pt").unlink()
+    if kind == "folder":
+        (out / "checkpoint.pt").mkdir()
+        (out / "checkpoint.pt" / "mine").write_text("x")
+    elif kind == "link":
+        (out / "checkpoint.pt").symlink_to(outside)
+    else:
+        os.mkfifo(out / "checkpoint.pt")
+    for extra in (["--force"], ["--resume", "--epochs", "2"]):
+        message = error(TINY + SMALL + ["--out", str(out), *extra])
+        assert f"--out {out}: checkpoint.pt is not the regular file the run wrote" in message
+    assert outside.is_file() and os.path.lexists(out / "checkpoint.pt") and (out / "model.safetensors").is_file()
+    if kind == "link":
+        with pytest.raises(rundir.ChecksumError, match="not a regular file"):
+            rundir.verify(out / "checkpoint.pt")  # a reader does not follow it either
+    with pytest.raises(rundir.RunDirError, match="not a regular file"):
+        rundir.remove_own_file(out, "checkpoint.pt")
+    with pytest.raises(rundir.RunDirError, match="not a plain file name"):
+        rundir.remove_own_file(out, "../outside.pt")
+    assert outside.is_file()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling", "hardlink", "fifo", "folder"])
+def test_a_lock_that_is_not_a_regular_file_of_its_own_is_refused(tmp_path, kind):
+    out = tmp_path / "run"
+    out.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    lock = out / rundir.LOCK
+    if kind == "symlink":
+        lock.symlink_to(target)
+    elif kind == "dangling":
+        lock.symlink_to(tmp_path / "created-by-the-lock")
+    elif kind == "hardlink":
+        os.link(target, lock)
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    message = error(TINY + SMALL + ["--out", str(out)])
+    assert message.startswith(f"tinyvit.finetune: error: {lock}: not a regular file")
+    assert target.read_text() == "keep me" and not (tmp_path / "created-by-the-lock").exists()
+    assert os.path.lexists(lock) and sorted(p.name for p in out.iterdir()) == [rundir.LOCK]
+
+
+def test_resume_writes_only_into_the_out_it_was_given(finished_run, tmp_path):
+    """checkpoint.pt records the run's --out; a copied or edited run resumed elsewhere must not write there."""
+    state = finetune.load_checkpoint(finished_run / "checkpoint.pt")
+    stored = dict(state["config"], out=str(tmp_path / "elsewhere"), epochs=2)
+    cfg, given = finetune.parse_args(["--out", str(tmp_path / "here"), "--resume", "--epochs", "2"])
+    assert finetune.resumed_config(cfg, given, stored).out_dir() == tmp_path / "here"
+    cfg, given = finetune.parse_args(["--resume", "--epochs", "2"])  # --out by default: the default folder
+    assert finetune.resumed_config(cfg, given, stored).out_dir() == cfg.out_dir()
+
+
+# ---------------------------------------------------------------------------------------------
 # Checksums: what is read is what the run wrote.
 # ---------------------------------------------------------------------------------------------
 
@@ -213,7 +336,7 @@ def test_a_directory_in_use_is_refused_and_a_dead_holders_lock_is_taken_over(tmp
     (other / rundir.LOCK).write_text(json.dumps({"pid": holder.pid, "host": "elsewhere"}))
     logs = []
     run = rundir.RunDir.open(other, log=logs.append)
-    assert logs == [f"{other}: taking over the lock of process {holder.pid} on elsewhere, which ended without releasing it"]
+    assert logs == [f"{other}: taking over the lock of process {holder.pid} on elsewhere, which no longer holds it (the run that wrote it is over)"]
     assert json.loads((other / rundir.LOCK).read_text())["pid"] == os.getpid()
     with pytest.raises(rundir.RunDirError, match=f"in use by process {os.getpid()}"):
         rundir.RunDir.open(other)  # a second open file, even in the same process, is another run
@@ -360,3 +483,15 @@ def test_a_read_only_out_is_refused_before_the_model_and_data(tmp_path):
     finally:
         ro.chmod(0o755)
     assert list(ro.iterdir()) == []
+
+
+def test_a_crafted_checkpoint_config_is_refused_before_the_model_is_built(finished_run, tmp_path):
+    out = _copy_run(finished_run, tmp_path / "run")
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["model_config"]["depth"] = 1_000_000
+    torch.save(state, out / "checkpoint.pt")
+    digest, size = rundir.sha256_file(out / "checkpoint.pt"), (out / "checkpoint.pt").stat().st_size
+    _edit_manifest(out, lambda files: files.update({"checkpoint.pt": {"sha256": digest, "bytes": size}}))
+    message = error(["--out", str(out), "--resume", "--epochs", "2", "--num-workers", "0"])
+    assert message == (f"tinyvit.finetune: error: {out / 'checkpoint.pt'}: the config does not describe these weights "
+                       f"(nothing was built): depth=1000000, but the weights hold 2 blocks")

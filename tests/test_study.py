@@ -78,6 +78,13 @@ def test_plan_grid_and_budget(tmp_path):
     (["--models", "resnet18", "--override", "depth=2", "--", "--dataset", "digits"], "--override"),
     (["--models", "resnet18", "--override", "depth", "--", "--dataset", "digits"], "expected KEY=V1,V2"),
     (["--models", "resnet18", "--train-sizes", "5000", "--", "--dataset", "digits"], "1,347 images"),
+    (["--models", "resnet18", "--train-sizes", "inf", "--", "--dataset", "digits"], "--train-sizes inf: expected"),
+    (["--models", "resnet18", "--train-sizes", "nan", "--", "--dataset", "digits"], "--train-sizes nan: expected"),
+    (["--models", "resnet18", "--seeds", "0", "0", "--", "--dataset", "digits"], "--seeds 0 0: seed 0 is listed twice"),
+    (["--models", "v=resnet18 --limit-train 8", "--", "--dataset", "digits"], "--models v: --limit-train: the study sets"),
+    (["--models", "v=resnet18 --limit-t 8", "--", "--dataset", "digits"], "--models v: --limit-train: the study sets"),
+    (["--models", "v=resnet18 --seed=3", "--", "--dataset", "digits"], "--models v: --seed: the study sets"),
+    (["--models", "resnet18", "--", "--dataset", "digits", "--repeat-tr", "2"], "--repeat-train: the study sets"),
 ])
 def test_bad_studies_are_one_line_errors(tmp_path, args, message):
     with pytest.raises(SystemExit) as e:
@@ -126,3 +133,47 @@ def test_an_interrupted_run_is_resumed_and_jobs_run_in_processes(tmp_path, capsy
     assert [r["epoch"] for r in history] == [1, 2]
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert sorted(r["seed"] for r in rows) == ["0", "1"] and all(r["epochs"] == "2" for r in rows)
+
+
+def test_a_rerun_never_reports_old_runs_under_a_new_command_or_edited_results(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["--out", str(out), "--models", TINY_VIT, "--train-sizes", "20", "--same-epochs", *COMMON]
+    assert study.main(args) == 0
+    row = next(csv.DictReader((out / "results.csv").open()))
+    run = out / row["run"]
+    capsys.readouterr()
+
+    # Other pass-through flags: the finished run was not made with them.
+    for other, flag in ((["--lr", "2e-3"], "--lr 0.001"), (["--label-smoothing", "0.1"], "--label-smoothing 0.0"),
+                        (["--dataset", "synthetic"], None)):
+        with pytest.raises(SystemExit) as e:
+            study.main([*args, *other])
+        message = str(e.value)
+        assert "\n" not in message
+        if flag is not None:  # (another dataset has another size: another run folder, or a refused size)
+            assert f"{run} was made with {flag}; this study plans" in message
+    assert (run / "summary.json").is_file()
+
+    # An edited result is refused, not reported.
+    summary = json.loads((run / "summary.json").read_text())
+    summary["final"]["val_acc"] = 0.999
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(SystemExit, match="summary.json: corrupt or changed since the run wrote it"):
+        study.main(args)
+    assert "0.999" not in (out / "results.csv").read_text()
+
+
+def test_a_log_that_is_a_link_is_not_followed(tmp_path):
+    out = tmp_path / "study"
+    runs = study.plan([study.parse_model(TINY_VIT)], [20], {}, [0], 1347, 16, None, 1, True, 0, out, [])
+    outside = tmp_path / "bashrc"
+    outside.write_text("mine\n")
+    study.log_path(runs[0]).parent.mkdir(parents=True)
+    study.log_path(runs[0]).symlink_to(outside)
+    with pytest.raises(study.StudyError, match="not a regular file"):
+        study.open_log(runs[0])
+    study.log_path(runs[0]).unlink()
+    runs[0].out.symlink_to(tmp_path)
+    with pytest.raises(study.StudyError, match="a symbolic link where the study keeps its own folder"):
+        study.open_log(runs[0])
+    assert outside.read_text() == "mine\n"

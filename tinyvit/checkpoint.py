@@ -244,6 +244,29 @@ def detect_family(ckpt: Checkpoint) -> str:
     )
 
 
+def _as_its_directory(path: Path) -> Path:
+    """A weight file of a tinyvit directory (save_pretrained's, or a run's) stands for that directory:
+    its config.json says the architecture and the preprocessing the model was evaluated with, which
+    the file alone would leave to a guess (a timm state dict's 248/224 bicubic crop for a run that
+    resized 32 px straight). A file of a run that has no such config.json yet is refused, naming it."""
+    if not path.is_file() or path.name == "checkpoint.pt":  # _unwrap says what a run's checkpoint.pt is
+        return path
+    folder, config = path.parent, path.parent / "config.json"
+    try:
+        ours = config.is_file() and json.loads(config.read_text()).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        ours = False
+    if ours and path.name == "model.safetensors":
+        return folder
+    if (folder / rundir.MANIFEST).is_file():
+        raise CheckpointError(f"{path}: a file of a tinyvit.finetune run; "
+                              + (f"load the run directory {folder}" if ours else _run_hint(folder)))
+    if ours and path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+        raise CheckpointError(f"{path}: not the weights of the tinyvit model in {folder} (model.safetensors); "
+                              f"load the directory {folder}")
+    return path
+
+
 def read_checkpoint(source) -> Checkpoint:
     """A weight file, or a directory in Hugging Face / timm hub / tinyvit layout."""
     if not isinstance(source, (str, os.PathLike)):
@@ -251,6 +274,7 @@ def read_checkpoint(source) -> Checkpoint:
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such checkpoint file or directory")
+    source = _as_its_directory(source)
     config = preprocessor = None
     if source.is_dir():
         if (source / "config.json").is_file():
@@ -264,6 +288,15 @@ def read_checkpoint(source) -> Checkpoint:
             hint = f" (sharded checkpoints, {sharded[0]}, are not supported)" if sharded else ""
             raise CheckpointError(
                 f"{source}: a directory without weights: expected model.safetensors or pytorch_model.bin{hint}"
+            )
+        if config is None:
+            # Every layout read here keeps its preprocessing and architecture in config.json, and
+            # every writer (save_pretrained, tinyvit.export, a finished run) writes it after the
+            # weights: weights alone are a write that did not finish, and guessing the rest would
+            # load them with another family's resizing.
+            raise CheckpointError(
+                f"{source}: weights without config.json (a save or export that did not finish?); nothing was "
+                f"loaded. Load {found[0]} itself to read it with its family's default preprocessing"
             )
         weights = found[0]  # safetensors first: it cannot hold code
     else:

@@ -135,11 +135,13 @@ def _config_num_heads(ckpt: Checkpoint) -> Optional[int]:
     """From config.json: Hugging Face's num_attention_heads, timm's model_args, or timm's
     architecture name when it is one of the presets."""
     cfg = ckpt.config or {}
-    if "num_attention_heads" in cfg:
-        return int(cfg["num_attention_heads"])
     model_args = cfg.get("model_args")
-    if isinstance(model_args, dict) and "num_heads" in model_args:
-        return int(model_args["num_heads"])
+    for field, value in (("num_attention_heads", cfg.get("num_attention_heads")),
+                         ("model_args.num_heads", model_args.get("num_heads") if isinstance(model_args, dict) else None)):
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CheckpointError(f"{ckpt.path.parent / 'config.json'}: {field}={value!r}; expected a positive integer")
+            return value
     arch = cfg.get("architecture")
     if isinstance(arch, str) and PRESETS.get(arch, {}).get("arch") == "vit":
         return PRESETS[arch]["config"]["num_heads"]
@@ -177,7 +179,10 @@ def _hf_numerics(ckpt: Checkpoint) -> dict:
     cfg, where = ckpt.config or {}, ckpt.path.parent / "config.json"
     out = {}
     if "layer_norm_eps" in cfg:
-        out["norm_eps"] = float(cfg["layer_norm_eps"])
+        eps = cfg["layer_norm_eps"]
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < math.inf:
+            raise CheckpointError(f"{where}: layer_norm_eps={eps!r}; expected a positive number")
+        out["norm_eps"] = float(eps)
     act = cfg.get("hidden_act", "gelu")
     acts = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
     if act not in acts:
@@ -228,6 +233,70 @@ def _check_preset(arch: str, config: dict, name: str, path: Path, overrides: dic
         raise CheckpointError(f"{path}: does not hold the architecture of preset {name!r}: " + "; ".join(diff))
 
 
+def check_config_fits(arch: str, config: dict, state: dict, where: Path) -> None:
+    """A config.json's sizes against the tensors it describes, before the model is built.
+
+    Building allocates what the config asks for; a crafted depth of 10**6 or an image size of 10**9
+    would run out of memory before the strict key and shape check could say that the weights do not
+    fit. So every field that sizes a tensor is compared with the tensor first (counts of blocks and
+    stages, widths, the position grid, the head); `load_strict` still checks every key afterwards.
+    """
+    def value(name):
+        v = config.get(name)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    problems = []
+
+    def expect(field, want, what):
+        if want is not None and config.get(field) != want:
+            problems.append(f"{field}={config.get(field)!r}, but " + what.format(want))
+
+    if arch == "vit":
+        blocks = _max_index(state, r"blocks\.(\d+)\.")
+        expect("depth", None if blocks is None else blocks + 1, "the weights hold {} blocks")
+        w, pos = state.get("patch_embed.proj.weight"), state.get("pos_embed")
+        if w is not None and w.ndim >= 2:
+            expect("dim", w.shape[0], "the patch embedding is {} wide")
+            if w.ndim == 4:
+                expect("patch_size", w.shape[2], "the patch embedding's kernel is {} px")
+                expect("in_channels", w.shape[1], "the patch embedding reads {} channels")
+        fc1 = state.get("blocks.0.mlp.fc1.weight")
+        expect("mlp_dim", None if fc1 is None else fc1.shape[0], "the MLP is {} wide")
+        head = state.get("head.weight")
+        expect("num_classes", 0 if head is None and "head.bias" not in state else None if head is None else head.shape[0],
+               "the head has {} classes")
+        image, patch = value("image_size"), value("patch_size")
+        if image and patch and image > 0 and patch > 0:
+            grid = image // patch
+            if pos is not None and pos.ndim == 3:
+                prefix = int("cls_token" in state) + int("dist_token" in state)
+                if grid * grid + prefix != pos.shape[1]:
+                    problems.append(f"image_size={image} (a grid of {grid}x{grid} patches of {patch} px), but the "
+                                    f"position embedding holds {pos.shape[1] - prefix} patch positions")
+            elif grid * grid * (value("dim") or 1) > MAX_TABLE:  # a fixed sin-cos table, computed when built
+                problems.append(f"image_size={image}: its sin-cos position table of {grid * grid:,} positions would not "
+                                f"fit in memory")
+        tokens = value("token_learner_tokens")
+        if tokens:
+            learners = [t for k, t in state.items() if k.endswith("token_learner.mlp.fc2.weight")]
+            expect("token_learner_tokens", learners[0].shape[0] if learners else 0, "the weights' TokenLearner makes {} tokens")
+    elif arch == "resnet":
+        layers = config.get("layers")
+        found = [(_max_index(state, rf"layer{s}\.(\d+)\.") or 0) + 1 for s in range(1, 5)]
+        if not isinstance(layers, (list, tuple)) or list(layers) != found:
+            problems.append(f"layers={layers!r}, but the weights hold {found} blocks per stage")
+        fc = state.get("fc.weight")
+        expect("num_classes", None if fc is None else fc.shape[0], "the head has {} classes")
+    if problems:
+        raise CheckpointError(f"{where}: the config does not describe these weights (nothing was built): "
+                              + "; ".join(problems))
+
+
+# A table the config makes and the weights do not hold (the sin-cos positions): more values than this,
+# 8 GiB of fp32, is refused as too large for memory rather than left to the allocator.
+MAX_TABLE = 2 ** 31
+
+
 # ---------------------------------------------------------------------------------------------
 # Preprocessing: how each family's weights expect their images (WEIGHTS.md 1.3, 2.4, 3.2, 4, 5).
 # ---------------------------------------------------------------------------------------------
@@ -236,15 +305,23 @@ def _check_preset(arch: str, config: dict, name: str, path: Path, overrides: dic
 HF_VIT = Preprocess(224, HALF, HALF, "bilinear", None)
 
 
-def _side(size, path: Path) -> Optional[int]:
+def _side(size, path: Path, field: str = "size") -> Optional[int]:
     """A processor size: an int, {"height", "width"} (square only) or {"shortest_edge"}."""
-    if size is None or isinstance(size, int):
-        return size
+    def pixels(v):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise CheckpointError(f"{path}: {field}={size!r}; expected a positive number of pixels, "
+                                  f"{{'height': H, 'width': W}} or {{'shortest_edge': S}}")
+        return v
+
+    if size is None:
+        return None
+    if not isinstance(size, dict):
+        return pixels(size)
     if "shortest_edge" in size:
-        return int(size["shortest_edge"])
+        return pixels(size["shortest_edge"])
     if size.get("height") != size.get("width"):
-        raise CheckpointError(f"{path}: a non-square size {size}; tinyvit preprocesses to squares")
-    return int(size["height"])
+        raise CheckpointError(f"{path}: a non-square {field} {size}; tinyvit preprocesses to squares")
+    return pixels(size.get("height"))
 
 
 def preprocess_from_hf(proc: dict, path: Path) -> Preprocess:
@@ -256,7 +333,7 @@ def preprocess_from_hf(proc: dict, path: Path) -> Preprocess:
             f"{path}: resample={resample!r}; supported: {PIL_RESAMPLE}. Pass name= to use a preset's preprocessing"
         )
     size = _side(proc.get("size"), path) if proc.get("do_resize", True) else None
-    crop = _side(proc.get("crop_size"), path) if proc.get("do_center_crop", False) else None
+    crop = _side(proc.get("crop_size"), path, "crop_size") if proc.get("do_center_crop", False) else None
     if proc.get("do_normalize", True):
         mean, std = proc.get("image_mean", HALF), proc.get("image_std", HALF)
     else:
@@ -269,7 +346,10 @@ def preprocess_from_hf(proc: dict, path: Path) -> Preprocess:
 def preprocess_from_timm(cfg: dict) -> Preprocess:
     """timm's pretrained_cfg: resize the short side to floor(size / crop_pct), centre-crop size."""
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
-    crop_pct = float(cfg.get("crop_pct", 0.875))
+    crop_pct = cfg.get("crop_pct", 0.875)
+    if not isinstance(crop_pct, (int, float)) or isinstance(crop_pct, bool) or not 0 < crop_pct < math.inf:
+        raise ValueError(f"crop_pct={crop_pct!r}; expected a positive fraction (timm resizes to size / crop_pct)")
+    crop_pct = float(crop_pct)
     # crop_mode 'squash' at crop_pct 1: straight to the square, no crop (as tinyvit.export writes it)
     squash = cfg.get("crop_mode") == "squash" and crop_pct == 1.0
     return Preprocess(
@@ -287,13 +367,13 @@ def choose_preprocess(ckpt: Checkpoint, config: dict, name: Optional[str]) -> Pr
             pre = preprocess_from_hf(ckpt.preprocessor, where)
         except CheckpointError:
             raise
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, AttributeError, OverflowError) as e:
             raise CheckpointError(f"{where}: {e}") from e
     elif isinstance((ckpt.config or {}).get("pretrained_cfg"), dict):
         try:
             pre = preprocess_from_timm(ckpt.config["pretrained_cfg"])
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{ckpt.path.parent / 'config.json'}: pretrained_cfg: {e}") from e
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError) as e:
+            raise CheckpointError(f"{ckpt.path.parent / 'config.json'}: pretrained_cfg.{e}") from e
     elif ckpt.family == "google":
         pre = GOOGLE
     elif ckpt.family == "hf":
@@ -425,6 +505,7 @@ def load_pretrained(
         if num_heads is not None and arch == "vit" and num_heads != config.get("num_heads"):
             raise CheckpointError(f"{ckpt.path}: saved with num_heads={config.get('num_heads')}, not {num_heads}")
         mapped = Mapped(state=dict(ckpt.tensors), origin={k: k for k in ckpt.tensors})
+        check_config_fits(arch, {**config, **overrides}, mapped.state, ckpt.path.parent / "config.json")
         if name is not None:
             preprocess = choose_preprocess(ckpt, config, name)
         else:

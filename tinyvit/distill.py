@@ -29,7 +29,6 @@ features (tinyvit/cache.py); with augmentation the teacher runs on every batch.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -85,14 +84,12 @@ def distillation_loss(
 
 def _classes_beside(path: Path) -> Optional[list]:
     """The class names a run directory (or the folder of a weight file) records in classes.json."""
-    found = (path if path.is_dir() else path.parent) / "classes.json"
-    if not found.is_file():
-        return None
-    try:
-        names = json.loads(found.read_text())
-    except (OSError, ValueError):
-        return None
-    return names if isinstance(names, list) else None
+    from tinyvit import rundir
+
+    try:  # verified against a run's manifest; one that cannot be read is refused, not skipped
+        return rundir.read_classes(path if path.is_dir() else path.parent)
+    except ValueError as e:
+        raise ValueError(f"--teacher {path}: {e}; cannot check the teacher's classes against the dataset's") from None
 
 
 def check_classes(path: Path, teacher: nn.Module, classes: list) -> None:

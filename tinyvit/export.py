@@ -7,6 +7,10 @@ and timm, each as a folder in that library's own layout, which it loads unaided.
 or from Python `export(source, "hf", out)`, `export_hf(model, out, classes)`, `export_timm(...)`.
 The source is a fine-tuning run directory (its classes.json names the labels; its checkpoint.pt
 serves when the run did not get to write the model) or anything `tinyvit.load_pretrained` reads.
+A file inside a run directory stands for the run. A run's files are checked as the loaders check
+them (the manifest's SHA-256, NaN and non-float weights), and the preprocessing written is the one
+the run evaluates with. The folder is written beside --out under a hidden name and renamed to
+--out at the end, so a killed export never leaves a folder that loads.
 
 The two layouts (../shared/reference/WEIGHTS.md sections 2 and 3):
 
@@ -38,7 +42,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -50,6 +57,7 @@ from torch import nn
 
 from tinyvit import rundir
 from tinyvit.atomic import write_atomic
+from tinyvit.checkpoint import CheckpointError
 from tinyvit.keymaps import HUGGING_FACE, RESNET, TIMM, compile_pattern, same
 from tinyvit.presets import PRESETS
 from tinyvit.preprocess import PIL_RESAMPLE, Preprocess
@@ -139,7 +147,7 @@ _KNOWN = {
     "image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "num_heads", "mlp_dim",
     "qkv_bias", "patch_embed", "pos_embed", "class_token", "pool", "fc_norm", "distilled", "pre_logits",
     "norm_eps", "act", "dropout", "attn_dropout", "drop_path", "kernels",
-    "token_learner_at",  # where TokenLearner sits; token_learner_tokens > 0 is refused below
+    "token_learner_at", "token_learner_tokens",  # where TokenLearner sits; tokens > 0 is refused below, once
 }
 
 
@@ -260,12 +268,13 @@ def export_hf(model: nn.Module, out, classes: Optional[list] = None) -> Path:
     from safetensors.torch import save
 
     _check(model, "hf")
-    out = _free_folder(out)
     state = hf_state_dict(model)
     config, pre = hf_config(model, classes), model.preprocess
-    _write(out / "model.safetensors", save(state, metadata={"format": "pt"}))
-    _write(out / "config.json", _json(config))
-    _write(out / "preprocessor_config.json", _json(hf_preprocessor(pre)))
+    out = _write_folder(out, {
+        "model.safetensors": save(state, metadata={"format": "pt"}),
+        "config.json": _json(config),
+        "preprocessor_config.json": _json(hf_preprocessor(pre)),
+    })
     if pre.resize_size is not None:
         # torchvision's CenterCrop rounds the offset (half to even), transformers' floors it
         square = " (as every square image here is)" if (pre.resize_size - pre.image_size) % 4 == 3 else ""
@@ -375,13 +384,14 @@ def export_timm(model: nn.Module, out, classes: Optional[list] = None) -> Path:
     from safetensors.torch import save
 
     _check(model, "timm")
-    out = _free_folder(out)
     state, config = timm_state_dict(model), timm_config(model, classes)
-    _write(out / "model.safetensors", save(state, metadata={"format": "pt"}))
-    _write(out / "config.json", _json(config))
-    readme = f"# {out.name}\n\nExported by `tinyvit.export`. Load it with timm:\n\n```python\n{timm_calls(config, out)}```\n"
-    _write(out / "README.md", readme.encode())
-    return out
+    final = Path(out)
+    readme = f"# {final.name}\n\nExported by `tinyvit.export`. Load it with timm:\n\n```python\n{timm_calls(config, final)}```\n"
+    return _write_folder(final, {
+        "model.safetensors": save(state, metadata={"format": "pt"}),
+        "config.json": _json(config),
+        "README.md": readme.encode(),
+    })
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,16 +400,32 @@ def export_timm(model: nn.Module, out, classes: Optional[list] = None) -> Path:
 
 
 def _free_folder(out) -> Path:
-    """The output folder, created; one holding anything already is refused (it is the user's)."""
+    """The output folder, which must not exist or be empty; one holding anything is the user's."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         raise ExportError(f"--out {out}: exists and is not an empty folder; choose a new one (nothing is overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def _write(path: Path, data: bytes) -> None:
-    write_atomic(path, lambda f: f.write(data))
+def _write_folder(out, files: dict) -> Path:
+    """Write `files` (name -> bytes) into a staging folder beside `out`, then rename it to `out` in
+    one step: a kill midway leaves only the hidden staging folder, never an `out` that holds the
+    weights without the config that says how to preprocess for them."""
+    out = _free_folder(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tinyvit-export-"))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes 0700; give what mkdir would have given
+        for name, data in files.items():
+            write_atomic(stage / name, lambda f, data=data: f.write(data))
+        _free_folder(out)  # still free: nothing appeared there meanwhile
+        os.rename(stage, out)  # an empty `out` is replaced; a non-empty one fails, untouched
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
 
 
 def _json(obj) -> bytes:
@@ -407,9 +433,14 @@ def _json(obj) -> bytes:
 
 
 def _finetune_checkpoint(path: Path) -> Optional[dict]:
-    """The state of a run's checkpoint.pt (tinyvit/trainer.py), else None."""
+    """The state of a run's checkpoint.pt (tinyvit/trainer.py), else None. In a run directory its
+    bytes are first checked against the run's manifest, as --resume checks them."""
     if path.suffix not in (".pt", ".pth"):
         return None
+    try:
+        rundir.verify(path)
+    except (rundir.ChecksumError, rundir.RunDirError) as e:
+        raise CheckpointError(str(e)) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
@@ -417,21 +448,50 @@ def _finetune_checkpoint(path: Path) -> Optional[dict]:
     return state if isinstance(state, dict) and state.get("format") == rundir.CHECKPOINT_FORMAT else None
 
 
-def load_source(source) -> tuple[nn.Module, Optional[list]]:
-    """(model in eval mode, class names or None) from a run directory or any checkpoint."""
-    from tinyvit.convert import load_pretrained
+def _model_of_checkpoint(path: Path, state: dict) -> nn.Module:
+    """The model of a run's checkpoint.pt, with the preprocessing the run evaluates with, its keys,
+    shapes and values checked as load_pretrained checks them."""
+    from tinyvit.convert import check_config_fits, load_strict
+    from tinyvit.keymaps import Mapped
     from tinyvit.presets import build_model
+
+    if not isinstance(state.get("eval_preprocess"), dict):  # checkpoints of tinyvit before it was recorded
+        raise ExportError(f"{path}: does not record the preprocessing its model is evaluated with (only the training "
+                          f"one); let the run finish (python -m tinyvit.finetune --out {path.parent} --resume) and export "
+                          f"the run directory")
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not isinstance(state.get("model_config"), dict):
+        raise CheckpointError(f"{path}: a tinyvit.finetune checkpoint without its model state")
+    check_config_fits(state.get("arch"), state["model_config"], weights, path)
+    try:
+        model = build_model(state["arch"], state["model_config"], Preprocess.from_dict(state["eval_preprocess"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: model_config: {e}") from e
+    load_strict(model, Mapped(state=dict(weights), origin={k: k for k in weights}), path, "a tinyvit.finetune checkpoint")
+    return model.eval()
+
+
+def load_source(source) -> tuple[nn.Module, Optional[list]]:
+    """(model in eval mode, class names or None) from a run directory or any checkpoint.
+
+    A file inside a run directory stands for that run: the run's model, classes and evaluation
+    preprocessing, whichever of its files is named. A run that has not written its model yet
+    (stopped by Ctrl-C or SIGTERM) is exported from its checkpoint.pt."""
+    from tinyvit.convert import load_pretrained
 
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run directory or checkpoint")
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoint.pt").is_file():
+    if path.is_file() and (path.parent / rundir.MANIFEST).is_file():
+        path = path.parent
+    if path.is_dir() and (path / rundir.MANIFEST).is_file() and not (path / "config.json").is_file():
+        if not (path / "checkpoint.pt").is_file():
+            raise ExportError(f"{path}: a run that has written neither its model nor a checkpoint yet; nothing to export")
         path = path / "checkpoint.pt"  # a run that has not written its model yet
     state = _finetune_checkpoint(path) if path.is_file() else None
     if state is not None:
-        model = build_model(state["arch"], state["model_config"], Preprocess.from_dict(state["preprocess"]))
-        model.load_state_dict(state["model"], strict=True)
-        return model.eval(), state.get("classes")
+        classes = state.get("classes")
+        return _model_of_checkpoint(path, state), classes if isinstance(classes, list) else None
     model = load_pretrained(path)
     return model, rundir.read_classes(path) if path.is_dir() else None
 
@@ -453,8 +513,6 @@ def main(argv=None) -> int:
     p.add_argument("--to", required=True, choices=TARGETS, help="hf: a transformers folder; timm: a timm folder")
     p.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
     a = p.parse_args(argv)
-    from tinyvit.checkpoint import CheckpointError
-
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

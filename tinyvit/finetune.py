@@ -71,6 +71,7 @@ from pathlib import Path
 import torch
 
 from tinyvit import data, freeze, recipe, rundir
+from tinyvit.convert import check_config_fits
 from tinyvit.evaluate import AMP_CHOICES
 from tinyvit.presets import PRESETS
 from tinyvit.processes import Interrupted, StopRequest, init_distributed
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default: {d.batch_size})")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default by --unfreeze: {LR_DEFAULTS})")
-    p.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default: {d.weight_decay})")
+    p.add_argument("--weight-decay", type=_at_least_zero(float), help=f"AdamW decoupled weight decay (default: {d.weight_decay})")
     p.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: 1, or a tenth of a shorter run)")
     p.add_argument("--seed", type=int, help=f"default: {d.seed}")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="remove the files of an earlier run in --out (only those) and start over")
     p.add_argument("--allow-data-change", action="store_true",
                    help="--resume although the dataset differs from the one the run began with")
-    p.add_argument("--num-workers", type=int, help="data loading processes (default: min(8, CPUs per process))")
+    p.add_argument("--num-workers", type=_at_least_zero(int), help="data loading processes (0: in the main process; default: min(8, CPUs per process))")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip (enables training on cached features)")
     p.add_argument("--cache", choices=("auto", "off", "device", "memory", "disk"),
                    help="keep the frozen prefix's outputs: auto (default) whenever possible, or force where, or off")
@@ -142,6 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-alpha", type=float, help=f"weight of the distillation term (default: {d.distill_alpha})")
     p.add_argument("--distill-tau", type=float, help=f"temperature of --distill soft (default: {d.distill_tau})")
     return p
+
+
+def _at_least_zero(kind):
+    """An argparse type: a finite number of `kind`, 0 or more (a negative weight decay would push
+    weights outwards; a negative worker count means nothing to the DataLoader)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {'an integer' if kind is int else 'a number'}") from None
+        if not (value >= 0 and value != float("inf")):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or more")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _dataset_arg(text: str) -> str:
@@ -174,7 +190,50 @@ CACHE_DIR = rundir.CACHE_DIR
 
 def check_out_dir(out: Path, cfg: Config) -> None:
     """Before anything is loaded: refuse to overwrite an earlier run, or anyone's files, by accident."""
+    if cfg.teacher is not None:
+        teacher, where = Path(cfg.teacher).resolve(), out.resolve()
+        if teacher == where or where in teacher.parents:
+            raise rundir.RunDirError(f"--teacher {cfg.teacher} is in --out {out}: this run would replace (--force) or "
+                                     f"write over the teacher it learns from; choose another --out")
     rundir.check(out, resume=cfg.resume, force=cfg.force)
+
+
+def check_memory(cfg: Config) -> None:
+    """--image-size against the machine's memory, before a model is built: the ViT's position table
+    (tokens x width) and one image's first activation must fit, or the allocator's message is all
+    the user would see."""
+    from tinyvit.cache import total_ram
+    from tinyvit.presets import parse_overrides
+
+    size = cfg.image_size
+    if size is None or size < 1:
+        return
+    preset = PRESETS[cfg.model]
+    config = {**preset["config"], **parse_overrides(cfg.override, cfg.model)}
+    if preset["arch"] == "vit":
+        patch, dim = config.get("patch_size", 16), config.get("dim", 768)
+        values = (size // max(1, patch)) ** 2 * dim  # the position table: one row per patch
+    else:
+        values = 64 * (size // 2) ** 2  # the stem's output for one image
+    if isinstance(values, int) and 4 * values > total_ram():
+        raise ValueError(f"--image-size {size}: too large for this machine's memory ({4 * values / 2**30:,.0f} GiB for "
+                         f"{'the position embedding' if preset['arch'] == 'vit' else 'one image'} alone, "
+                         f"{total_ram() / 2**30:,.0f} GiB of RAM); use a smaller --image-size")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e)))
+
+
+def out_of_memory_message(e: BaseException, cfg: Config, during: str) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    size = f" (now {cfg.image_size})" if cfg.image_size else ""
+    if during.startswith("in epoch"):  # a batch's activations: the batch is what to shrink first
+        return (f"out of memory {during} ({first[:160]}); try a smaller --batch-size (now {cfg.batch_size}) or "
+                f"--image-size{size}; --resume continues from the last checkpoint")
+    return f"out of memory {during} ({first[:160]}); try a smaller --image-size{size} or model"
 
 
 def resumed_config(cfg: Config, given: set, stored: dict) -> Config:
@@ -188,6 +247,9 @@ def resumed_config(cfg: Config, given: set, stored: dict) -> Config:
     if changed:
         raise ValueError("--resume continues a run as it was configured; these flags differ: " + "; ".join(changed))
     now = {k: getattr(cfg, k) for k in given & RUNTIME_FIELDS}
+    # The folder this command opened and locked, never the one checkpoint.pt names: a run copied
+    # or edited elsewhere would otherwise put its feature cache into that recorded path.
+    now["out"] = str(cfg.out_dir())
     return replace(run, **{**now, "resume": True, "force": False, "allow_data_change": cfg.allow_data_change})
 
 
@@ -220,10 +282,15 @@ def main(argv=None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             run = rundir.RunDir.open(out)
         check_out_dir(out, cfg)
+        check_memory(cfg)
         resume_state = None
         if cfg.resume:
             rundir.verify(out / "checkpoint.pt")  # the bytes the run wrote, or a clear refusal
             resume_state = load_checkpoint(out / "checkpoint.pt")
+            # Its model config against its weights before the model is built (a crafted depth of 10**6
+            # would otherwise allocate until memory runs out).
+            check_config_fits(resume_state.get("arch"), resume_state.get("model_config") or {},
+                              resume_state.get("model") or {}, out / "checkpoint.pt")
             cfg = resumed_config(cfg, given, resume_state["config"])
         dist, device = init_distributed(cfg.device)
         trainer = Trainer(cfg, dist, device, resume_state)
@@ -236,6 +303,8 @@ def main(argv=None) -> int:
             run.abandon()  # unlocked, and --out removed again if this run created it
         if isinstance(e, data.DatasetError):
             raise SystemExit(f"tinyvit.finetune: error: {data.error_message(e)}") from None
+        if is_out_of_memory(e):
+            raise SystemExit(f"tinyvit.finetune: error: {out_of_memory_message(e, cfg, 'while setting up the run')}") from None
         if isinstance(e, SETUP_ERRORS):
             raise SystemExit(f"tinyvit.finetune: error: {e}") from None
         raise
@@ -272,6 +341,11 @@ def main(argv=None) -> int:
                 raise SystemExit(f"tinyvit.finetune: error: {e}") from None
             except data.DatasetError as e:
                 raise SystemExit(f"tinyvit.finetune: error: {data.error_message(e)}") from None
+            except (RuntimeError, MemoryError) as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise SystemExit("tinyvit.finetune: error: " + out_of_memory_message(
+                    e, cfg, f"in epoch {trainer.epoch + 1}")) from None
             finally:
                 if dist.main:
                     shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
@@ -281,6 +355,8 @@ def main(argv=None) -> int:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
         return 0
+    except rundir.WriteError as e:  # a full disk while writing a file: the run's files are as they were
+        raise SystemExit(f"tinyvit.finetune: error: {e}") from None
     finally:
         if run is not None:
             run.close()  # the feature cache goes, and the lock

@@ -135,9 +135,13 @@ def _kill_leftover_workers() -> None:
     since they ignore SIGTERM the interpreter would wait forever."""
     import multiprocessing
 
-    for p in multiprocessing.active_children():
-        if p.daemon:
-            p.kill()
+    leftover = [p for p in multiprocessing.active_children() if p.daemon]
+    if leftover and threading.current_thread() is threading.main_thread():
+        # PyTorch's SIGCHLD handler would report each of these as "DataLoader worker ... killed by
+        # signal", a traceback after the run's own one-line error: they are killed on purpose.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for p in leftover:
+        p.kill()
 
 
 def random_state() -> dict:

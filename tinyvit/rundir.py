@@ -16,7 +16,12 @@ what makes those safe. Its guarantees, in the order a run meets them:
    (`.tinyvit-feature-cache/`, `.tinyvit-tmp-*`: names no other tool uses). A directory that
    holds anything else is refused, naming what is there; a non-empty directory without a
    manifest is not a run at all and is refused even with `--force` (`--out ~ --force` must never
-   empty `~/.cache`).
+   empty `~/.cache`). Nothing outside the directory is reached through a name the run reads back:
+   the manifest may list only plain names (no `/`, no `..`, not absolute, not the run's own scratch
+   names), each with a 64-hex SHA-256 and a byte count, or it is refused whole; `--force` removes
+   only regular files directly in the directory, and a recorded name that is now a link, a folder
+   or a device is refused by name, never followed or entered. The lock is opened with `O_NOFOLLOW`
+   and must be a regular file with no other name (a hard link would share its bytes).
 3. What is read is what was written. The manifest holds each file's SHA-256. `--resume`,
    `tinyvit.evaluate --model-dir`, `tinyvit.predict --model-dir` and `tinyvit.load_pretrained`
    (a run directory, or a file in one) check the files they read (`verify`) and name the file on
@@ -24,7 +29,8 @@ what makes those safe. Its guarantees, in the order a run meets them:
    A directory with no manifest (`tinyvit.save_pretrained`, a Hugging Face download) loads as before.
 4. Every write is atomic and survives `kill -9` at any instant. A file is written in full into
    a private `.tinyvit-tmp-*` folder beside its target, fsynced, hashed, recorded in the manifest,
-   then renamed over the target in one step. Between the record and the rename the target may
+   then renamed over the target in one step. A write refused for space (a full disk, a quota) is
+   one `WriteError` saying that the previous version of the file is kept. Between the record and the rename the target may
    still hold the previous version, so the entry keeps that version's hash (`replacing`) until
    the rename is done: either version verifies, and the next run settles which one is there.
 5. The data is the data the run began with. The manifest records a fingerprint of each split
@@ -53,8 +59,10 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +81,10 @@ FORMAT, VERSION = "tinyvit-run", 1
 
 class RunDirError(ValueError):
     """A run directory that cannot be used as asked: in use, not writable, not a run, changed data."""
+
+
+class WriteError(RunDirError):
+    """A file the run could not write (a full disk, a quota): its previous version is kept."""
 
 
 class ChecksumError(ValueError):
@@ -115,7 +127,49 @@ def read_manifest(directory) -> Optional[dict]:
         raise RunDirError(f"{path}: not a tinyvit run manifest")
     if manifest.get("version") != VERSION:
         raise RunDirError(f"{path}: run manifest version {manifest.get('version')!r}, expected {VERSION}")
+    for name, entry in manifest["files"].items():
+        problem = _bad_name(name) or _bad_entry(entry)
+        if problem:
+            raise RunDirError(f"{path}: files entry {name!r}: {problem}; not a manifest a run wrote, so nothing was removed")
+    dataset = manifest.get("dataset")
+    if dataset is not None and not (isinstance(dataset, dict) and all(isinstance(v, (str, type(None))) for v in dataset.values())):
+        raise RunDirError(f"{path}: dataset: expected an object of fingerprints (strings)")
     return manifest
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _bad_name(name: str) -> Optional[str]:
+    """Why a name the manifest lists is not a file a run writes, or None. A run writes plain names
+    straight into its directory; anything else (a path, "..", the run's own scratch names) would let
+    an edited manifest point --force at a file outside the run, or at the lock."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name):
+        return "not a plain file name (a run writes only into its own directory)"
+    if name == MANIFEST or is_scratch(name):
+        return "a name the run keeps for itself, never a file it records"
+    return None
+
+
+def _bad_entry(entry) -> Optional[str]:
+    if not isinstance(entry, dict):
+        return f"expected an object with sha256 and bytes, found {type(entry).__name__} {entry!r:.40}"
+    for key in ("sha256", "replacing"):
+        value = entry.get(key)
+        if (key == "sha256" or value is not None) and not (isinstance(value, str) and _SHA256.fullmatch(value)):
+            return f"{key}={value!r:.40}; expected 64 hexadecimal digits"
+    size = entry.get("bytes")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"bytes={size!r:.40}; expected a whole number of bytes"
+    return None
+
+
+def _is_regular(path: Path) -> bool:
+    """A regular file itself, not a link to one (lstat: a link is never followed)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def verify(path) -> None:
@@ -128,6 +182,8 @@ def verify(path) -> None:
     entry = manifest["files"].get(path.name)
     if entry is None:
         raise ChecksumError(f"{path}: not a file the run in {path.parent} wrote ({MANIFEST} does not list it)")
+    if not _is_regular(path):
+        raise ChecksumError(f"{path}: not a regular file (a link, a folder or a device), so not the file the run wrote")
     digest = sha256_file(path)
     if digest not in (entry["sha256"], entry.get("replacing")):
         raise ChecksumError(
@@ -152,6 +208,8 @@ class Survey:
         listed = set(self.manifest["files"]) if self.manifest else set()
         self.run_files = [n for n in present if n in listed]  # the run's files that exist
         self.foreign = [n for n in present if n not in listed and n != MANIFEST and not is_scratch(n)]
+        # A name the run recorded that is now a folder, a link or a device: someone else put it there.
+        self.not_files = [n for n in self.run_files if not _is_regular(self.dir / n)]
         self.has_checkpoint = "checkpoint.pt" in self.run_files
 
 
@@ -169,6 +227,12 @@ def check(directory, *, resume: bool, force: bool) -> None:
         what = "--resume: no checkpoint.pt in it to continue from" if resume else "choose an empty or new directory"
         older = " (a run of an older tinyvit, without a manifest, is removed by hand)" if "checkpoint.pt" in s.foreign else ""
         raise RunDirError(f"--out {d} holds files that are not from a tinyvit run ({_names(s.foreign)}); {what}{older}")
+    if s.not_files:
+        raise RunDirError(
+            f"--out {d}: {_names(s.not_files)} {'is' if len(s.not_files) == 1 else 'are'} not the regular "
+            f"file{'s' if len(s.not_files) > 1 else ''} the run wrote (a folder, a link or a device); a run removes "
+            f"and reads only its own files: move {'it' if len(s.not_files) == 1 else 'them'} away, or choose another --out"
+        )
     if resume:
         if not s.has_checkpoint:
             raise RunDirError(
@@ -211,7 +275,22 @@ class Lock:
 
         path = Path(path)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a lock that is a link would have the run write its PID into the link's
+            # target; O_NONBLOCK: a FIFO in its place must not hang the open (refused below).
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                    raise RunDirError(f"{path}: not a regular file (a link, a folder or a device); tinyvit writes its "
+                                      f"lock only into a file of its own: remove it, or choose another --out") from None
+                raise
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                os.close(fd)  # a hard link's other name would see the lock's bytes
+                raise RunDirError(f"{path}: not a regular file of its own ("
+                                  + ("a hard link" if stat.S_ISREG(info.st_mode) else "a FIFO, socket or device")
+                                  + "); tinyvit writes its lock only into a file of its own: remove it, or choose another --out")
+            os.set_blocking(fd, True)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -236,8 +315,10 @@ class Lock:
                 continue
             previous = _holder(fd)
             if previous.get("pid") is not None:
+                # The kernel dropped its flock, so that run is over; its PID may since belong to
+                # an unrelated process, so nothing is said about whether that process still runs.
                 log(f"{path.parent}: taking over the lock of process {previous['pid']} on {previous.get('host', '?')}, "
-                    f"which ended without releasing it")
+                    f"which no longer holds it (the run that wrote it is over)")
             me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                              "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
             os.ftruncate(fd, 0)
@@ -310,11 +391,11 @@ class RunDir:
         for p in self.dir.iterdir():
             if p.name.startswith(STAGING) or p.name == CACHE_DIR:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink()
-        old = read_manifest(self.dir)
+        old = read_manifest(self.dir)  # every name checked: a plain name, never a path
         if fresh or old is None:
             if old is not None:
                 for name in old["files"]:
-                    (self.dir / name).unlink(missing_ok=True)
+                    remove_own_file(self.dir, name)
             elif not fresh:
                 self.log(f"warning: {self.dir} has no {MANIFEST} (a run of an older tinyvit): checkpoint.pt "
                          f"could not be verified; files are recorded from now on")
@@ -324,7 +405,7 @@ class RunDir:
             old["dataset"] = {**(old.get("dataset") or {}), **{k: v for k, v in dataset.items() if v is not None}}
             for name, entry in old["files"].items():  # a write that a kill cut between record and rename
                 previous, path = entry.pop("replacing", None), self.dir / name
-                if previous and path.is_file() and sha256_file(path) == previous:
+                if previous and _is_regular(path) and sha256_file(path) == previous:
                     entry.update(sha256=previous, bytes=path.stat().st_size)  # the old version stayed
         self._save()
 
@@ -362,10 +443,21 @@ class RunDir:
     def write_files(self, names: list, make: Callable[[Path], object]) -> None:
         """make(folder) writes the files `names` into an empty folder; they are installed in that order."""
         staging = Path(tempfile.mkdtemp(dir=self.dir, prefix=STAGING))
+        installed = []
         try:
             make(staging)
             for name in names:
                 self._install(staging / name, name)
+                installed.append(name)
+        except (OSError, RuntimeError) as e:
+            full = _disk_full(e)
+            if full is None:
+                raise
+            # Nothing was renamed over a file that is not complete: every file the run had is as it was.
+            name = next(n for n in names if n not in installed)
+            kept = ("the previous checkpoint is kept" if name == "checkpoint.pt" else f"the previous {name} is kept") \
+                if _is_regular(self.dir / name) else f"no {name} was there before, and none is now"
+            raise WriteError(f"cannot write {name} into {self.dir} (disk full? {full}); {kept}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -384,6 +476,36 @@ class RunDir:
 
     def _save(self) -> None:
         write_atomic(self.dir / MANIFEST, lambda f: f.write((json.dumps(self.manifest, indent=1) + "\n").encode()))
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full(e: BaseException) -> Optional[str]:
+    """The reason, if `e` (or what caused it) is a write refused for space; None for anything else.
+    torch.save reports a failed write as a RuntimeError of its zip writer ("file write failed",
+    "unexpected pos"), not as the OSError underneath."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return os.strerror(e.errno)
+        if isinstance(e, RuntimeError) and any(s in str(e) for s in ("file write failed", "unexpected pos", "No space left")):
+            return "the checkpoint writer's write failed"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def remove_own_file(directory: Path, name: str) -> None:
+    """Remove DIR/name if it is a regular file directly in DIR (a link is never followed, a folder
+    never entered; `check` has refused both before anything was removed). `name` must be plain."""
+    if _bad_name(name):
+        raise RunDirError(f"{directory}: {name!r}: {_bad_name(name)}")
+    path = Path(directory) / name
+    if _is_regular(path):
+        path.unlink()
+    elif os.path.lexists(path):
+        raise RunDirError(f"{path}: not a regular file the run wrote (a folder, a link or a device); left as it is")
 
 
 def _remove_empty(folders: list) -> None:
@@ -446,7 +568,7 @@ def read_classes(model_dir: Path) -> list[str] | None:
     verify(path)  # in a run directory: the list the run wrote
     try:
         classes = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a JSON list of class names ({e})") from e
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise ValueError(f"{path}: expected a JSON list of class names")

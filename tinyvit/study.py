@@ -31,8 +31,12 @@ How the runs are made comparable:
   Steps, epochs and passes are recorded per run.
 
 Every run lives in its own folder under --out; a finished one (summary.json) is skipped, an
-interrupted one resumed (`--resume`), so the same command continues a study after Ctrl-C. At the
-end: results.csv (one row per run), results.md (mean ± std over seeds) and scaling.png (accuracy
+interrupted one resumed (`--resume`), so the same command continues a study after Ctrl-C. A run
+already there counts only if its recorded config is the one this command plans for it (another
+pass-through flag is refused, naming it), and its summary.json and metrics.jsonl are read only
+after they are checked against the run's manifest. The study's own flags (--seed, --limit-train,
+...) are refused in the pass-through and in every model's flags, and a seed listed twice is refused.
+At the end: results.csv (one row per run), results.md (mean ± std over seeds) and scaling.png (accuracy
 against training-set size, one line per model, log x) or sweep.png (grouped bars). Runs are
 sequential in this process by default; `--jobs N` runs N finetune processes at once.
 """
@@ -41,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import itertools
 import json
 import math
@@ -55,7 +60,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from tinyvit.atomic import write_atomic
+from tinyvit.atomic import open_append, write_atomic
+
+
+class StudyError(ValueError):
+    """A study folder, or a grid, the study refuses; one line."""
+
 
 # Flags the study sets for each run; giving them as pass-through would contradict the grid.
 OWNED = ("--model", "--out", "--seed", "--limit-train", "--data-seed", "--resume", "--force", "--repeat-train")
@@ -63,6 +73,24 @@ OWNED = ("--model", "--out", "--seed", "--limit-train", "--data-seed", "--resume
 # ---------------------------------------------------------------------------------------------
 # The grid.
 # ---------------------------------------------------------------------------------------------
+
+
+def check_owned(flags: list, where: str) -> None:
+    """Refuse the flags the study sets itself, however spelled (argparse takes --limit-t for
+    --limit-train): finetune's parser says which Config fields they set."""
+    from tinyvit import finetune
+
+    spelled = sorted({a.split("=")[0] for a in flags} & set(OWNED))
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            _, given = finetune.parse_args(list(flags))
+    except SystemExit:
+        given = set()  # a bad flag: the full check of each model's command line says which
+    owned = {o[2:].replace("-", "_") for o in OWNED}
+    names = spelled or sorted(f"--{k.replace('_', '-')}" for k in given & owned)
+    if names:
+        raise ValueError(f"{where}: {', '.join(names)}: the study sets these for each run (use --models, --out, "
+                         f"--seeds, --train-sizes, --data-seed)")
 
 
 @dataclass(frozen=True)
@@ -116,6 +144,8 @@ def parse_size(text: str, full: int) -> int:
         value = float(text)
     except ValueError:
         raise ValueError(f"--train-sizes {text!r}: expected a fraction (0.25) or a count (200)") from None
+    if not math.isfinite(value):
+        raise ValueError(f"--train-sizes {text}: expected a fraction in (0, 1] or a count from 1 to {full:,}")
     n = round(value * full) if ("." in text or "e" in text.lower()) and value <= 1 else int(value)
     if not 1 <= n <= full or (value != int(value) and value > 1):
         raise ValueError(f"--train-sizes {text}: the training split has {full:,} images; expected a fraction "
@@ -200,6 +230,73 @@ def _checkpoint_epoch(run: Run) -> float:
         return 0.0
 
 
+def read_run_json(run: Run, name: str, lines: bool = False):
+    """summary.json or metrics.jsonl of a run, checked against the run's manifest first: an edited
+    accuracy must not reach results.csv (tinyvit/rundir.py: what is read is what was written)."""
+    from tinyvit import rundir
+
+    path = run.out / name
+    try:
+        rundir.verify(path)
+        text = path.read_text()
+        return [json.loads(l) for l in text.splitlines() if l.strip()] if lines else json.loads(text)
+    except (rundir.ChecksumError, rundir.RunDirError) as e:
+        raise StudyError(f"{e}; the study reports only what its runs wrote") from None
+    except (OSError, ValueError) as e:
+        raise StudyError(f"{path}: not readable ({e})") from None
+
+
+def recorded_config(run: Run) -> Optional[dict]:
+    """The config a finished (summary.json) or interrupted (checkpoint.pt) run was made with."""
+    st = state(run)
+    if st == "done":
+        return read_run_json(run, "summary.json").get("config")
+    if st == "resume":
+        from tinyvit import rundir
+        from tinyvit.trainer import load_checkpoint
+
+        try:
+            rundir.verify(run.out / "checkpoint.pt")
+            return load_checkpoint(run.out / "checkpoint.pt")["config"]
+        except ValueError as e:
+            raise StudyError(str(e)) from None
+    return None
+
+
+def check_recorded(runs: list[Run]) -> None:
+    """A run already in --out counts only if it was made with the command this study plans for it.
+    Otherwise a rerun with other pass-through flags would report the old runs under the new command."""
+    from dataclasses import fields
+
+    from tinyvit import finetune
+    from tinyvit.trainer import Config
+
+    # How a run executes, not what it computes (finetune's --resume rule); --epochs does matter here.
+    ignored = finetune.RUNTIME_FIELDS - {"epochs"}
+    for run in runs:
+        stored = recorded_config(run)
+        if stored is None:
+            continue
+        if not isinstance(stored, dict):
+            raise StudyError(f"{run.out}: its recorded config is not an object")
+        planned, _ = finetune.parse_args(run.argv)
+        known = {f.name for f in fields(Config)}
+        try:
+            made = Config(**{k: v for k, v in stored.items() if k in known})
+        except TypeError as e:
+            raise StudyError(f"{run.out}: its recorded config is not readable ({e})") from None
+        for f in fields(Config):
+            k = f.name
+            if k in ignored or (k == "epochs" and state(run) == "resume"):
+                continue
+            now, then = (planned.resolved_lr(), made.resolved_lr()) if k == "lr" else (getattr(planned, k), getattr(made, k))
+            if now != then:
+                raise StudyError(
+                    f"{run.out} was made with --{k.replace('_', '-')} {then!r}; this study plans {now!r} for it. "
+                    f"Its result would be reported under the wrong command: move the folder away, or choose another --out"
+                )
+
+
 def command(run: Run) -> list[str]:
     """The run's finetune flags: continue an interrupted run, or (re)start one that saved nothing
     yet (--force: the folder is the study's own, and holds no finished epoch)."""
@@ -212,13 +309,25 @@ def log_path(run: Run) -> Path:
     return run.out.parent / "logs" / f"{run.name()}.log"
 
 
+def open_log(run: Run):
+    """The run's log, to append to. The study's folders hold only what it made: a log, the logs
+    folder or a run folder that is a link would send its writes outside --out, so it is refused."""
+    for folder in (log_path(run).parent, run.out):
+        if folder.is_symlink():
+            raise StudyError(f"{folder}: a symbolic link where the study keeps its own folder; not followed (remove it)")
+    log_path(run).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return open_append(log_path(run))
+    except OSError as e:
+        raise StudyError(e.strerror or str(e)) from None
+
+
 def run_inline(run: Run) -> int:
     """One run in this process (no interpreter start-up per run); its output goes to its log."""
     from tinyvit import finetune
 
-    log_path(run).parent.mkdir(parents=True, exist_ok=True)
     argv = command(run)
-    with open(log_path(run), "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with open_log(run) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         print(f"$ python -m tinyvit.finetune {shlex.join(argv)}", flush=True)
         try:
             return finetune.main(argv)
@@ -228,9 +337,8 @@ def run_inline(run: Run) -> int:
 
 
 def start_process(run: Run, threads: int) -> subprocess.Popen:
-    log_path(run).parent.mkdir(parents=True, exist_ok=True)
     argv = command(run)
-    log = open(log_path(run), "a")
+    log = open_log(run)
     log.write(f"$ python -m tinyvit.finetune {shlex.join(argv)}\n")
     log.flush()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # N processes share the cores
@@ -304,7 +412,7 @@ def execute(runs: list[Run], jobs: int, log) -> int:
 
 
 def read_summary(run: Run) -> dict:
-    return json.loads((run.out / "summary.json").read_text())
+    return read_run_json(run, "summary.json")
 
 
 def _flops_per_image(model) -> int:
@@ -327,7 +435,7 @@ def gather(runs: list[Run], full: int) -> list[dict]:
         key = (run.model, tuple(run.overrides.items()))
         if key not in flops_cache:
             flops_cache[key] = _flops_per_image(load_pretrained(run.out))
-        history = [json.loads(l) for l in (run.out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        history = read_run_json(run, "metrics.jsonl", lines=True)
         batch, repeat = s["config"]["batch_size"], s["config"].get("repeat_train", 1)
         rows.append({
             "model": run.model.label, "preset": run.model.preset, "train_size": run.size,
@@ -463,12 +571,13 @@ def main(argv=None) -> int:
         from tinyvit import data, finetune
         from tinyvit.presets import parse_overrides
 
-        owned = sorted({a.split("=")[0] for a in passthrough} & set(OWNED))
-        if owned:
-            raise ValueError(f"{', '.join(owned)}: the study sets these for each run (use --models, --out, --seeds, "
-                             f"--train-sizes, --data-seed)")
+        check_owned(passthrough, "the pass-through flags")
         if args.jobs < 1:
             raise ValueError(f"--jobs {args.jobs} must be at least 1")
+        repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: seed {repeated[0]} is listed twice "
+                             f"(it would be one run, counted as two seeds)")
         models = [parse_model(m) for m in args.models]
         if len({m.label for m in models}) < len(models):
             raise ValueError("--models: two models share a label; name them LABEL=PRESET ...")
@@ -476,6 +585,7 @@ def main(argv=None) -> int:
         # finetune's own parser checks the pass-through and each model's flags before anything runs.
         checked = {}
         for m in models:
+            check_owned(list(m.flags), f"--models {m.label}")
             try:
                 cfg, _ = finetune.parse_args(["--model", m.preset, *passthrough, *m.flags])
             except SystemExit:
@@ -500,6 +610,10 @@ def main(argv=None) -> int:
     runs = plan(models, sizes, grid, args.seeds, full, cfg.batch_size, args.steps, cfg.epochs,
                 args.same_epochs, args.data_seed, out, passthrough,
                 per_model={label: (c.batch_size, c.epochs) for label, c in checked.items()})
+    try:
+        check_recorded(runs)
+    except StudyError as e:
+        raise SystemExit(f"tinyvit.study: error: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     log(f"study {out}: {len(models)} model(s) x {len(sizes)} size(s) {sizes} x "
         f"{math.prod(len(v) for v in grid.values())} config(s) x {len(args.seeds)} seed(s) = {len(runs)} runs on "
@@ -512,7 +626,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # between two runs (inside one, finetune saves a checkpoint and returns 130)
         log("interrupted: finished runs are kept; run the same command again to continue the study")
         code = 130
-    rows = gather(runs, full)
+    except StudyError as e:
+        raise SystemExit(f"tinyvit.study: error: {e}") from None
+    try:
+        rows = gather(runs, full)
+    except StudyError as e:
+        raise SystemExit(f"tinyvit.study: error: {e}") from None
     if rows:
         write_csv(rows, out / "results.csv")
         table = markdown_table(rows, grid)

@@ -519,6 +519,8 @@ class Trainer:
             "config": self.run_config(),
             "arch": "vit" if self.split.is_vit else "resnet",
             "model_config": self.model.cfg.to_dict(), "preprocess": self.preprocess.to_dict(),
+            # issue 22: what tinyvit.export of an unfinished run serves with (model.safetensors's preprocessing)
+            "eval_preprocess": data.eval_preprocess(self.preprocess, self.splits.low_res).to_dict(),
             "classes": self.classes, "world_size": self.dist.world,
             "epoch": self.epoch, "batches_done": self.batches_done, "partial": self.partial,
             "history": self.history, "last_confusion": self.last_confusion,

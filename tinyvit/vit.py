@@ -128,6 +128,15 @@ class ViTConfig:
                 f"ViTConfig.token_learner_tokens={self.token_learner_tokens}, token_learner_at="
                 f"{self.token_learner_at}: expected tokens >= 0 and a block index in 0..{self.depth - 1}"
             )
+        # Checked whenever given, even with TokenLearner off: a wrong index is a mistake either way.
+        if self.token_learner_at is not None and not (is_int(self.token_learner_at) and 0 <= self.token_learner_at < self.depth):
+            raise ValueError(f"ViTConfig.token_learner_at={self.token_learner_at!r}; expected a block index in 0..{self.depth - 1}")
+        if self.token_learner_tokens >= self.grid_size ** 2:
+            raise ValueError(
+                f"ViTConfig.token_learner_tokens={self.token_learner_tokens}: not fewer than the {self.grid_size ** 2} patch "
+                f"tokens of a {self.grid_size}x{self.grid_size} grid, so TokenLearner would reduce nothing; use fewer "
+                f"(the paper learns 8), or 0 for none"
+            )
 
     @property
     def grid_size(self) -> int:
