@@ -43,7 +43,6 @@ from torch.utils.data import Dataset
 from tinyvit.preprocess import Preprocess
 
 
-
 @dataclass(frozen=True)
 class Traits:
     """What training needs to know about a dataset's images, one record per dataset."""

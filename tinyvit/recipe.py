@@ -15,7 +15,8 @@ ImageNet-1k alone with, on top of AdamW and a cosine schedule:
 Every piece here is torchvision's (`torchvision.transforms.v2`), not written by hand:
 - per image, on the way in: `v2.RandAugment` (Cubuk et al. 2020) or `v2.TrivialAugmentWide`
   (Mueller & Hutter 2021: one random op at a random strength, no tuning), then after normalisation
-  `v2.RandomErasing` (Zhong et al. 2020);
+  `v2.RandomErasing` (Zhong et al. 2020); for datasets held as one tensor, RandAugment and erasing
+  run a batch at a time with per-image parameters (tinyvit/augment.py, torchvision's op table);
 - per batch, in the training loop: `v2.MixUp` (Zhang et al. 2018) or `v2.CutMix` (Yun et al. 2019),
   which turn the integer labels into soft targets [b, classes]; the loss is cross-entropy against
   them (`F.cross_entropy` takes probabilities), with label smoothing (Szegedy et al. 2016) on top.

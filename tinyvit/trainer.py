@@ -402,17 +402,22 @@ class Trainer:
             if batches is None or b == 0:
                 batches = self.train_batches(epoch + 1, b)
             inputs, targets, labels, indices = next(batches)
-            with autocast(self.device, self.dtype):
-                loss, logits = self.loss(inputs, targets, indices)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            loss, logits = self.train_step(inputs, targets, indices)  # forward, backward, optimizer, schedule
             self.meter.add(loss, logits, labels)
             self.step += 1
             if self.sync_due(stop) and self.stop_or_nan(stop, self.meter.loss_sum):
                 return self.stopped()
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on one batch; (loss, logits)."""
+        with autocast(self.device, self.dtype):
+            loss, logits = self.loss(inputs, targets, indices)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss, logits
 
     def train_batches(self, epoch: int, start: int):
         """Epoch `epoch`'s batches from batch `start` on, as (inputs, targets, labels, item indices);
