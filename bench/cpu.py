@@ -30,6 +30,11 @@ Cases (batch and image size in the case; every side holds the same weights, chec
                            parameters) against tinyvit-cache (tokens gathered from the frozen-prefix
                            cache, then the full last block) and tinyvit-cache-reduced (the same, with
                            the last block for the class token only, as `--unfreeze last` runs it)
+  loop-<data>-<model>      one step of tinyvit's training loop with its data (tinyvit/trainer.py, the
+                           data held as one tensor) against a minimal hand-written loop (the split
+                           prepared once, random batches by index, same model, batch and AdamW, no
+                           augmentation); also with --compile, with the demo's augmentation batched,
+                           and through the per-image PIL path with and without it
   checkpoint-<model>       a full training step with set_grad_checkpointing against without: the
                            time ratio here; peak memory from a subprocess per configuration
                            (resource.getrusage ru_maxrss, the resident-set high-water mark: the
@@ -76,9 +81,11 @@ class Case:
     pairs: Optional[int] = None  # rounds kept; None: --pairs
     note: str = ""
     smoke_overrides: dict = field(default_factory=dict)
+    flags: tuple = ()  # loop cases: the model's and dataset's tinyvit.finetune flags
 
 
 VIT_TI, VIT_S, VIT_B = "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224"
+DEMO_VIT = "patch_size=4,dim=64,depth=6,num_heads=4,mlp_dim=256,pool=mean"  # the Makefile's digits ViT
 CASES = {
     "infer-vit-ti-224": Case("infer", VIT_TI, 224, 16, 1.0),
     "infer-vit-s-224": Case("infer", VIT_S, 224, 8, 1.0),
@@ -95,9 +102,15 @@ CASES = {
     "finetune-last-vit-s-224": Case("finetune-last", VIT_S, 224, 16, 20.0),
     "finetune-last-vit-b-224": Case("finetune-last", VIT_B, 224, 8, 20.0, pairs=15, note="batch 8 on 2 cores"),
     "checkpoint-vit-s-224": Case("checkpoint", VIT_S, 224, 8, 0.0),
+    # The training loop with its data (tinyvit.trainer) against a minimal hand-written one: `make demo`'s
+    # models on the digits, and the ViT on CIFAR-10-shaped synthetic images.
+    "loop-digits-vit-16": Case("loop", VIT_TI, 16, 128, 0.9, flags=("--image-size", "16", "--override", DEMO_VIT, "--dataset", "digits")),
+    "loop-digits-resnet18-32": Case("loop", "resnet18", 32, 128, 0.9, flags=("--image-size", "32", "--dataset", "digits")),
+    "loop-synthetic-vit-32": Case("loop", VIT_TI, 32, 128, 0.9, flags=("--image-size", "32", "--override", DEMO_VIT, "--dataset", "synthetic")),
 }
 # Smoke: two blocks of ViT-Ti at 32 px, a 2-stage-deep ResNet-18 stand-in, 3 rounds, 1 warm-up.
-SMOKE_CASES = ("infer-vit-ti-32", "train-vit-ti-32", "infer-resnet18-224", "finetune-last-vit-s-224", "checkpoint-vit-s-224")
+SMOKE_CASES = ("infer-vit-ti-32", "train-vit-ti-32", "infer-resnet18-224", "finetune-last-vit-s-224", "checkpoint-vit-s-224",
+               "loop-digits-vit-16")
 SMOKE = dict(image_size=32, batch=2, depth=2, pairs=3, warmup=1)
 
 
@@ -293,7 +306,74 @@ def case_checkpoint(case: Case, models: dict, images, labels) -> tuple[dict, str
     return {"tinyvit": plain, "tinyvit-checkpoint": checkpointed}, "tinyvit", {}
 
 
-KINDS = {"infer": case_infer, "train": case_train, "finetune-last": case_finetune, "checkpoint": case_checkpoint}
+def case_loop(case: Case, batch: int, smoke: bool) -> tuple[dict, str, dict]:
+    """Training images per second, data included, of one step of tinyvit's loop (Trainer.train_batches
+    and train_step, as `python -m tinyvit.finetune` runs them) against a minimal loop written by hand:
+    the split prepared once as one float tensor, random batches by index, the same model, batch and
+    AdamW, no augmentation. Also: the loop with --compile, with the demo's augmentation (RandAugment,
+    random erasing, label smoothing) batched on the tensor, and the per-image PIL path with and
+    without it (what every dataset used before issue 23)."""
+    import copy
+
+    from tinyvit import data, finetune, freeze
+    from tinyvit.batches import TensorBatches
+
+    argv = ["--model", case.model, *case.flags, "--weights", "none", "--unfreeze", "all", "--lr", "1e-3",
+            "--batch-size", str(batch), "--num-workers", "0", "--no-progress", "--epochs", "100", "--warmup-epochs", "0"]
+    if smoke:
+        argv += ["--limit-train", "48", "--limit-val", "8", "--override", "depth=1" if "vit" in case.model else "layers=[1,1,1,1]"]
+    augmented = ["--recipe", "scratch", "--mixup", "0", "--cutmix", "0", "--lr", "1e-3"]
+
+    def trainer(*extra, in_memory=True):
+        cfg, _ = finetune.parse_args(argv + list(extra))
+        limit = data.IN_MEMORY_LIMIT
+        data.IN_MEMORY_LIMIT = limit if in_memory else 0  # 0: the per-image path
+        try:
+            return finetune.Trainer(cfg, finetune.Dist(), torch.device("cpu"))
+        finally:
+            data.IN_MEMORY_LIMIT = limit
+
+    def loop_step(t):
+        state = {"epoch": 0, "batches": iter(())}
+
+        def step():
+            batch_ = next(state["batches"], None)
+            if batch_ is None:  # the next epoch's batches, as Trainer.fit takes them
+                state["epoch"] += 1
+                state["batches"] = t.train_batches(state["epoch"], 0)
+                batch_ = next(state["batches"])
+            inputs, targets, labels, indices = batch_
+            loss, logits = t.train_step(inputs, targets, indices)
+            t.meter.add(loss, logits, labels)
+        return step
+
+    plain = trainer("--no-augment")
+    assert isinstance(plain.train_data, TensorBatches)
+    images = plain.train_data.pipeline.prepare(plain.train_data.images)  # [n, 3, S, S], normalised once
+    labels = plain.train_data.labels
+    model = copy.deepcopy(plain.model).train()
+    optimizer = torch.optim.AdamW(freeze.param_groups(model, 0.05), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def by_hand():
+        i = torch.randint(len(labels), (batch,), generator=gen)
+        loss = F.cross_entropy(model(images[i]), labels[i])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    sides = {"hand": by_hand, "tinyvit": loop_step(plain),
+             "tinyvit-augment": loop_step(trainer(*augmented)),
+             "per-image": loop_step(trainer("--no-augment", in_memory=False)),
+             "per-image-augment": loop_step(trainer(*augmented, in_memory=False))}
+    if not smoke:  # a CPU compile takes tens of seconds (the warm-up rounds)
+        sides["tinyvit-compile"] = loop_step(trainer("--no-augment", "--compile"))
+    return sides, "hand", dict(train_images=len(labels), flags=list(case.flags))
+
+
+KINDS = {"infer": case_infer, "train": case_train, "finetune-last": case_finetune, "checkpoint": case_checkpoint,
+         "loop": case_loop}
+DIAGNOSTIC_LOOP_SIDES = ("tinyvit-augment", "per-image", "per-image-augment", "tinyvit-compile")  # no goal: read the ratios
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,12 +441,16 @@ def run_case(name: str, smoke: bool, pairs: int, warmup: int, threads: int) -> d
     pairs = SMOKE["pairs"] if smoke else (case.pairs or pairs)
     warmup = SMOKE["warmup"] if smoke else warmup
     torch.manual_seed(0)
-    models = build(Case(case.kind, case.model, size, batch, case.goal), smoke)
-    images = torch.randn(batch, 3, size, size)
-    labels = torch.randint(0, NUM_CLASSES, (batch,))
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    sides, baseline, extra = KINDS[case.kind](case, models, images, labels)
+    if case.kind == "loop":  # builds its own models and data, through tinyvit.finetune's flags
+        batch = 8 if smoke else case.batch
+        sides, baseline, extra = case_loop(case, batch, smoke)
+    else:
+        models = build(Case(case.kind, case.model, size, batch, case.goal), smoke)
+        images = torch.randn(batch, 3, size, size)
+        labels = torch.randint(0, NUM_CLASSES, (batch,))
+        sides, baseline, extra = KINDS[case.kind](case, models, images, labels)
     stats = rounds(sides, baseline, pairs, warmup)
     row = dict(
         case=name, kind=case.kind, model=case.model, image_size=size, batch=batch, pairs=pairs, warmup=warmup,
@@ -389,7 +473,7 @@ def merge(path: Path, rows: list) -> None:
     _write_json_atomically(path, [r for r in existing if r["case"] not in names] + rows)
 
 
-DIAGNOSTIC_SIDES = ("tinyvit-full", "tinyvit-cache")
+DIAGNOSTIC_SIDES = ("tinyvit-full", "tinyvit-cache", *DIAGNOSTIC_LOOP_SIDES)
 
 
 def _spread(s: dict) -> str:

@@ -347,7 +347,7 @@ def test_cpu_smoke_runs_every_case_kind(tmp_path):
     out = tmp_path / "cpu.json"
     bench_main(["cpu", "--smoke", "--out", str(out)])
     rows = json.loads(out.read_text())
-    assert {r["kind"] for r in rows} == {"infer", "train", "finetune-last", "checkpoint"}
+    assert {r["kind"] for r in rows} == {"infer", "train", "finetune-last", "checkpoint", "loop"}
     for r in rows:
         assert r["smoke"] and r["pairs"] == 3 and r["env"]["threads"] >= 1 and r["env"]["torch"]
         assert all(s["ms"] > 0 and s["speedup_min"] <= s["speedup"] <= s["speedup_max"] for s in r["sides"].values())
@@ -357,6 +357,9 @@ def test_cpu_smoke_runs_every_case_kind(tmp_path):
     memory = next(r for r in rows if r["kind"] == "checkpoint")["memory"]
     assert memory["plain"]["maxrss_peak_mib"] > 0 and memory["checkpoint"]["maxrss_peak_mib"] > 0
     assert "| finetune-last-vit-s-224 |" in cpu.table(rows)
+    loop = next(r for r in rows if r["kind"] == "loop")
+    assert set(loop["sides"]) == {"hand", "tinyvit", "tinyvit-augment", "per-image", "per-image-augment"}
+    assert loop["train_images"] == 48 and "| loop-digits-vit-16 |" in cpu.table(rows)
 
 
 def test_cpu_options_are_checked(capsys):

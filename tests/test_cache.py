@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from tinyvit import ResNet, ResNetConfig, VisionTransformer, ViTConfig, cache, data, finetune, freeze
+from tinyvit import ResNet, ResNetConfig, VisionTransformer, ViTConfig, batches, cache, data, finetune, freeze
 from tinyvit.preprocess import HALF, Preprocess
 
-
+EVAL_TF = data.transforms(Preprocess(32, HALF, HALF, "bilinear", None), low_res=True, augment=False)[1]
 
 
 def images(n=11):
-    _, tf = data.transforms(Preprocess(32, HALF, HALF, "bilinear", None), low_res=True, augment=False)
-    return data.Transformed(data.Synthetic(n), tf)
+    return batches.ImageBatches(data.Synthetic(n), EVAL_TF, EVAL_TF, device=torch.device("cpu"))
 
 
 def models():
@@ -35,7 +34,7 @@ def test_rows_are_the_prefix_outputs(tmp_path, storage, name, model, mode, shape
     assert tuple(built.features.shape) == (11,) + shape
     if storage == "disk":
         assert isinstance(built.features, np.memmap) and (tmp_path / "train.npy").is_file()
-    expected = split.prefix(torch.stack([ds[i][0] for i in range(11)]))
+    expected = split.prefix(torch.stack([EVAL_TF(ds.dataset[i][0]) for i in range(11)]))
     feats, labels = built.gather([9, 0, 4], torch.device("cpu"))
     torch.testing.assert_close(feats, expected[[9, 0, 4]])
     assert labels.tolist() == [9, 0, 4]

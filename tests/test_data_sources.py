@@ -66,7 +66,7 @@ def test_digits_transforms_upsample_without_shifts_or_flips():
     assert x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
     assert "HorizontalFlip" not in repr(train_tf) and "RandomCrop" not in repr(train_tf)
     cifar_like, _ = data.transforms(pre, True, True, source_size=8)
-    assert "HorizontalFlip" in repr(cifar_like) and "RandomCrop(size=(8, 8), padding=1" in repr(cifar_like)
+    assert "HorizontalFlip" in repr(cifar_like) and "RandomCrop(size=(8, 8), padding=[1, 1, 1, 1]" in repr(cifar_like)
     torch.manual_seed(0)
     assert train_tf(img).shape == (3, 16, 16)
 

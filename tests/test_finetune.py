@@ -43,7 +43,7 @@ def test_end_to_end_outputs_and_the_saved_model(tmp_path, capsys):
     assert rows[0]["lr"] > rows[1]["lr"] > 0
 
     state = torch.load(out / "checkpoint.pt", weights_only=True)  # tensors and plain types only
-    assert state["epoch"] == 2 and state["batches_done"] == 0 and len(state["history"]) == 2
+    assert state["step"] == 2 * 96 // 16 and state["epoch"] == 2 and state["batches_done"] == 0 and len(state["history"]) == 2
     summary = json.loads((out / "summary.json").read_text())
     assert sum(map(sum, summary["confusion"])) == 40 and summary["final"]["epoch"] == 2
     assert summary["trainable_groups"] == ["blocks.2", "norm", "head"]
@@ -86,28 +86,40 @@ def test_predict_lists_top_classes_by_name(tmp_path, capsys):
         predict.main([str(broken), "--model-dir", str(out)])
 
 
-def test_ctrl_c_then_resume_gives_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
-    # Dropout and stochastic depth in the trainable block and augmentation make the run depend on
-    # every random state a resume must restore.
-    args = TINY_VIT[:-1] + [TINY_VIT[-1] + ",dropout=0.1,drop_path=0.2"] + SMALL_RUN + ["--epochs", "4"]
-    whole = tmp_path / "whole"
-    assert finetune.main(args + ["--out", str(whole)]) == 0
+RESUMABLE = TINY_VIT[:-1] + [TINY_VIT[-1] + ",dropout=0.1,drop_path=0.2"] + SMALL_RUN + ["--epochs", "4"]
+STEPS_PER_EPOCH = 96 // 16
 
-    steps_per_epoch = 96 // 16
+
+def cut_at(monkeypatch, step, action):
+    """Run `action` right after optimizer step `step` (1-based), from the scheduler's step."""
     lambda_step = torch.optim.lr_scheduler.LambdaLR.step
 
-    def step_then_ctrl_c(self, *a, **kw):
+    def step_then_act(self, *a, **kw):
         lambda_step(self, *a, **kw)
-        if self.last_epoch == 2 * steps_per_epoch + 3:  # three batches into epoch 3
-            signal.raise_signal(signal.SIGINT)
+        if self.last_epoch == step:
+            action()
+
+    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", step_then_act)
+    return lambda: monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", lambda_step)
+
+
+@pytest.mark.parametrize("path", ["tensor", "images"])
+def test_ctrl_c_then_resume_gives_the_uninterrupted_run(tmp_path, monkeypatch, capsys, path):
+    # Dropout and stochastic depth in the trainable block and augmentation make the run depend on
+    # every random state a resume must restore; both data paths (one tensor, per-image PIL) are run.
+    if path == "images":
+        monkeypatch.setattr(tinyvit.data, "IN_MEMORY_LIMIT", 0)
+    whole = tmp_path / "whole"
+    assert finetune.main(RESUMABLE + ["--out", str(whole)]) == 0
+    assert ("one tensor on the device" if path == "tensor" else "image files") in capsys.readouterr().out
 
     cut = tmp_path / "cut"
-    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", step_then_ctrl_c)
-    assert finetune.main(args + ["--out", str(cut)]) == 130
-    monkeypatch.undo()
+    restore = cut_at(monkeypatch, 2 * STEPS_PER_EPOCH + 3, lambda: signal.raise_signal(signal.SIGINT))  # 3 batches into epoch 3
+    assert finetune.main(RESUMABLE + ["--out", str(cut)]) == 130
+    restore()
     assert "stopped in epoch 3 after 3 of 6 batches" in capsys.readouterr().out
     state = torch.load(cut / "checkpoint.pt", weights_only=True)
-    assert (state["epoch"], state["batches_done"]) == (2, 3)
+    assert (state["step"], state["epoch"], state["batches_done"]) == (15, 2, 3)
     assert [r["epoch"] for r in metrics(cut)] == [1, 2]
 
     # A stale line (as if a crash had hit between writing metrics and the checkpoint) must not survive.
@@ -117,6 +129,28 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_run(tmp_path, monkeypatch, c
     assert "resuming" in capsys.readouterr().out
     assert without_times(metrics(cut)) == without_times(metrics(whole))
     a, b = tinyvit.load_pretrained(cut).state_dict(), tinyvit.load_pretrained(whole).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Killed(BaseException):
+    """What kill -9 leaves: the process gone mid-step, nothing saved after the last checkpoint."""
+
+
+def test_a_kill_mid_epoch_resumes_from_the_last_checkpoint_step_for_step(tmp_path, monkeypatch):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert finetune.main(RESUMABLE + ["--out", str(whole)]) == 0
+
+    def kill():
+        raise Killed
+
+    restore = cut_at(monkeypatch, 2 * STEPS_PER_EPOCH + 4, kill)
+    with pytest.raises(Killed):
+        finetune.main(RESUMABLE + ["--out", str(killed)])
+    restore()
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 2 * STEPS_PER_EPOCH  # epoch 2's end
+    assert finetune.main(["--out", str(killed), "--resume", "--no-progress"]) == 0
+    assert without_times(metrics(killed)) == without_times(metrics(whole))
+    a, b = tinyvit.load_pretrained(killed).state_dict(), tinyvit.load_pretrained(whole).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -37,7 +37,6 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 STORAGES = ("auto", "off", "device", "memory", "disk")
 MEMORY_FRACTION = 0.25  # 'auto' keeps host-RAM caches under a quarter of the machine's memory
@@ -135,34 +134,29 @@ def _chunks(n: int, batch: int, rank: int, world: int) -> list[range]:
 @torch.no_grad()
 def build(
     prefix: Callable[[torch.Tensor], torch.Tensor],
-    dataset: Dataset,  # yields (image tensor, label), deterministic (no augmentation)
+    source,  # tinyvit/batches.py: len(source) items, source.batches(index_lists) -> (images, labels), unaugmented
     *,
     storage: str,
     device: torch.device,
     dtype: Optional[torch.dtype],  # the autocast dtype, or None for fp32
     path: Path,  # the .npy memmap when storage resolves to 'disk'
     batch_size: int = 256,
-    num_workers: int = 0,
     rank: int = 0,
     world: int = 1,
     progress=None,
     should_stop: Callable[[], bool] = lambda: False,  # must agree across processes
 ) -> Optional[FeatureCache]:
-    """Run `prefix` once over `dataset` and keep its outputs; None if `should_stop()` turned true."""
+    """Run `prefix` once over every item of `source` and keep its outputs; None if `should_stop()` turned true."""
     from tinyvit.evaluate import autocast
-    from tinyvit.processes import start_workers  # workers that leave Ctrl-C and SIGTERM to this process
 
     start = time.perf_counter()
-    n = len(dataset)
+    n = len(source)
     store_dtype = dtype or torch.float32
     chunks = [_chunks(n, batch_size, r, world) for r in range(world)]  # chunks[r][j]: process r, step j
     # A process whose slice of the last step is empty still takes part in the all-gather, with a dummy item.
-    loader = DataLoader(
-        dataset, batch_sampler=[list(c) or [0] for c in chunks[rank]], num_workers=num_workers,
-        pin_memory=device.type == "cuda", generator=torch.Generator(),  # leaves the global RNG alone
-    )
+    batches = source.batches([list(c) or [0] for c in chunks[rank]])
     table, labels = None, torch.empty(n, dtype=torch.int64)
-    for j, (images, targets) in enumerate(start_workers(loader)):
+    for j, (images, targets) in enumerate(batches):
         with autocast(device, dtype):
             feats = prefix(images.to(device, non_blocking=True)).to(store_dtype)  # [b, *shape]
         if j == 0:

@@ -18,9 +18,14 @@ because mixing them up is the most common cause of poor transfer (USERS.md 1.1, 
 - photos (imagefolder) get the checkpoint's own eval recipe (short-side resize + centre crop)
   and, for training, a random resized crop and a flip at the model's resolution.
 
+Each dataset has one record of `Traits` (DATASETS): low-res or photos, the source's side, whether
+flips and shifts are valid augmentations.
+
 Augmentation is reproducible whatever the number of workers or processes: a sampler may hand the
-dataset an (index, epoch) pair, and the random transform of that sample then runs under a seed
-drawn from (seed, epoch, index) alone.
+dataset an (index, step) pair, and the random transform of that sample then runs under a seed
+drawn from (seed, step, index) alone. That is the per-image path, for photo folders; low-res
+datasets small enough (`as_tensor`) train from one uint8 tensor instead, augmented a batch at a
+time on the training device (tinyvit/augment.py).
 """
 from __future__ import annotations
 
@@ -37,14 +42,29 @@ from torch.utils.data import Dataset
 
 from tinyvit.preprocess import Preprocess
 
-DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic", "digits", "mnist", "fashion-mnist")  # and hf:NAME
-LOW_RES = ("cifar10", "cifar100", "synthetic", "digits", "mnist", "fashion-mnist")  # upsampled to the model's square
-# Sources whose mirror image is another thing or nothing (a mirrored 3 is not a digit): no flips.
-NO_FLIP = ("digits", "mnist")
-SOURCE_SIZE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # a low-res source's side, when not CIFAR's 32
-# The UCI digits are centred and size-normalised scans of 8 blocks a side: a one-block shift moves a
-# stroke by 12% of the image, a distortion the validation images never show. No shifts for them.
-NO_SHIFT = ("digits",)
+
+@dataclass(frozen=True)
+class Traits:
+    """What training needs to know about a dataset's images, one record per dataset."""
+
+    low_res: bool = True  # small images, upsampled straight to the model's square (no photo crop)
+    size: int = 32  # a low-res source's image side: its random shift is an eighth of it (CIFAR: 4 px)
+    flip: bool = True  # a mirrored image shows the same class
+    shift: bool = True  # a shifted image shows the same class
+
+
+DATASETS = {  # and hf:NAME (CIFAR-sized images: Traits(size=their side); photos: Traits(low_res=False))
+    "cifar10": Traits(),
+    "cifar100": Traits(),
+    "imagefolder": Traits(low_res=False),
+    "synthetic": Traits(),
+    # The UCI digits are centred and size-normalised scans of 8 blocks a side: a one-block shift moves
+    # a stroke by 12% of the image, a distortion the validation images never show. And a mirrored 3
+    # is not a digit. Neither shifts nor flips for them; MNIST is shifted but not mirrored either.
+    "digits": Traits(size=8, flip=False, shift=False),
+    "mnist": Traits(size=28, flip=False),
+    "fashion-mnist": Traits(size=28),
+}
 HF_PREFIX = "hf:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -441,10 +461,13 @@ class Splits:
     train: Dataset  # yields (PIL image, label)
     val: Dataset
     classes: list[str]
-    low_res: bool  # a 32-pixel source, upsampled straight to the model's square
-    source_size: int = 32  # a low-res source's image side (CIFAR 32, digits 8): its augmentation crops at it
-    flip: bool = True  # horizontal flips are a valid augmentation (not for digits: see NO_FLIP)
-    shift: bool = True  # random shifts by an eighth of the source are (not for digits: see NO_SHIFT)
+    traits: Traits
+
+    # The traits by name, as the transforms take them.
+    low_res = property(lambda self: self.traits.low_res)
+    source_size = property(lambda self: self.traits.size)
+    flip = property(lambda self: self.traits.flip)
+    shift = property(lambda self: self.traits.shift)
 
 
 class Subset(Dataset):
@@ -509,9 +532,8 @@ def load_splits(
     elif name.startswith(HF_PREFIX):
         train, val, classes = hugging_face(name[len(HF_PREFIX):])
         side = min(train[0][0].size) if len(train) else 224
-        if side <= 64:  # CIFAR-sized images: upsampled and shifted like CIFAR
-            return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), classes, True,
-                          source_size=side, flip=True)
+        traits = Traits(size=side) if side <= 64 else Traits(low_res=False)  # CIFAR-sized images, or photos
+        return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), classes, traits)
     elif name == "imagefolder":
         if data_dir is None:
             raise DatasetError("--dataset imagefolder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/")
@@ -519,8 +541,7 @@ def load_splits(
     else:
         raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} or {HF_PREFIX}NAME_OR_PATH")
     # The subset draws depend on the split, so limit_train == limit_val does not pick the same positions.
-    return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), list(classes), name in LOW_RES,
-                  source_size=SOURCE_SIZE.get(name, 32), flip=name not in NO_FLIP, shift=name not in NO_SHIFT)
+    return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), list(classes), DATASETS[name])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,12 +555,36 @@ def eval_preprocess(preprocess: Preprocess, low_res: bool) -> Preprocess:
     return replace(preprocess, resize_size=None) if low_res else preprocess
 
 
+def shift_padding(source_size: int) -> int:
+    """How far the CIFAR augmentation shifts a low-res image: an eighth of its side (CIFAR: 4 pixels)."""
+    return max(1, source_size // 8)
+
+
+def low_res_geometry(preprocess: Preprocess, source_size: int, *, flip: bool = True, shift: bool = True) -> list:
+    """The CIFAR augmentation (He et al. 2016, sec. 4.2) at the source's size, a reflect-padded random
+    crop and a flip, then the upsampling of evaluation: torchvision v2 transforms on PIL images. The
+    batched version of the same steps, for images held as one tensor, is tinyvit/augment.py."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2
+
+    s = preprocess.image_size
+    pad = shift_padding(source_size)
+    return [*([v2.RandomCrop(source_size, padding=pad, padding_mode="reflect")] if shift else []),
+            *([v2.RandomHorizontalFlip()] if flip else []),
+            v2.Resize((s, s), interpolation=InterpolationMode(preprocess.interpolation), antialias=True)]
+
+
+def to_normalised_tensor(preprocess: Preprocess) -> list:
+    from torchvision.transforms import v2
+
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess.mean, preprocess.std)]
+
+
 def transforms(preprocess: Preprocess, low_res: bool, augment: bool, *, source_size: int = 32,
                flip: bool = True, shift: bool = True) -> tuple[Callable, Callable]:
     """(train transform, eval transform): PIL image -> normalised tensor [3, S, S]. A low-res source
     of side `source_size` is shifted by up to an eighth of it (CIFAR: 4 pixels) if `shift`, flipped if `flip`."""
-    from torchvision import transforms as T
-    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2
 
     pre = eval_preprocess(preprocess, low_res)
     eval_tf = pre.eval_transform()
@@ -547,23 +592,13 @@ def transforms(preprocess: Preprocess, low_res: bool, augment: bool, *, source_s
         return eval_tf, eval_tf
     if not low_res:
         return pre.train_transform(augment=True), eval_tf
-    s = pre.image_size
-    train_tf = T.Compose([
-        # The CIFAR augmentation (He et al. 2016, sec. 4.2), at the source's 32 pixels ...
-        *([T.RandomCrop(source_size, padding=max(1, source_size // 8), padding_mode="reflect")] if shift else []),
-        *([T.RandomHorizontalFlip()] if flip else []),
-        # ... then the same upsampling as evaluation.
-        T.Resize((s, s), interpolation=InterpolationMode(pre.interpolation), antialias=True),
-        T.ToTensor(),
-        T.Normalize(pre.mean, pre.std),
-    ])
-    return train_tf, eval_tf
+    return v2.Compose([*low_res_geometry(pre, source_size, flip=flip, shift=shift), *to_normalised_tensor(pre)]), eval_tf
 
 
 class Transformed(Dataset):
-    """(image, label) -> (tensor, label). A key is an index, or an (index, epoch) pair: then the random
-    transform runs under a seed drawn from (seed, epoch, index), so sample i of epoch e gets the same
-    crop and flip in any worker, any process and after a resume."""
+    """(image, label) -> (tensor, label). A key is an index, or an (index, step) pair: then the random
+    transform runs under a seed drawn from (seed, step, index), so sample i of training step t gets the
+    same crop and flip in any worker, any process and after a resume."""
 
     def __init__(self, base: Dataset, transform: Callable, seed: int = 0):
         self.base, self.transform, self.seed = base, transform, seed
@@ -572,18 +607,43 @@ class Transformed(Dataset):
         return len(self.base)
 
     def __getitem__(self, key):
-        index, epoch = key if isinstance(key, tuple) else (key, None)
+        index, step = key if isinstance(key, tuple) else (key, None)
         image, label = self.base[index]
-        if epoch is None:
+        if step is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):  # torchvision's random transforms draw from torch's CPU RNG
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            torch.manual_seed(sample_seed(self.seed, step, index))
             return self.transform(image), label
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed for one sample of one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+# ---------------------------------------------------------------------------------------------
+# Small datasets as one tensor.
+# ---------------------------------------------------------------------------------------------
+
+IN_MEMORY_LIMIT = 4 << 30  # bytes: low-res datasets up to this size train from one tensor (CIFAR-10: 154 MB)
+
+
+def as_tensor(dataset: Dataset) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """The images of a low-res dataset as one uint8 tensor [n, 3, h, w] and its labels [n] (int64),
+    read once; None when the images differ in size or would take more than IN_MEMORY_LIMIT bytes."""
+    n = len(dataset)
+    first, _ = dataset[0]
+    w, h = first.size
+    if n * 3 * h * w > IN_MEMORY_LIMIT:
+        return None
+    images = np.empty((n, h, w, 3), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        image, labels[i] = dataset[i]
+        if image.size != (w, h):
+            return None
+        images[i] = np.asarray(image)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
+
+
+def sample_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from non-negative integers, e.g. (seed, step, index) for one sample of one step."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def error_message(e: BaseException) -> str:

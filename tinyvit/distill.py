@@ -165,11 +165,11 @@ class Distiller:
         """images [b, c, S, S] (the student's preprocessing) -> the teacher's logits [b, classes]."""
         return self.teacher(adapt_images(images, self.student_preprocess, self.teacher.preprocess))
 
-    def build(self, train_images, val_images, *, cached: bool, dtype, batch_size: int, num_workers: int,
+    def build(self, train_images, val_images, *, cached: bool, dtype, batch_size: int,
               rank: int, world: int, path: Path, progress: Callable[[int, str], object],
               log: Callable[[str], None] = print) -> float:
         """Once per run: the teacher's val accuracy, and (cached=True) its logits for every training
-        image. `*_images` yield (student-preprocessed image, label) deterministically. Seconds taken."""
+        image. `*_images` are sources of student-preprocessed images (tinyvit/batches.py). Seconds taken."""
         from tinyvit import cache
 
         seconds = 0.0
@@ -179,7 +179,7 @@ class Distiller:
         for name, dataset in jobs:
             with progress(len(dataset), f"teacher logits ({name})") as bar:
                 built = cache.build(self.teacher_logits, dataset, storage="memory", device=self.device, dtype=dtype,
-                                    path=path / f"teacher_{name}.npy", batch_size=batch_size, num_workers=num_workers,
+                                    path=path / f"teacher_{name}.npy", batch_size=batch_size,
                                     rank=rank, world=world, progress=bar)
             seconds += built.seconds
             if name == "val":

@@ -74,7 +74,7 @@ from tinyvit import data, freeze, recipe, rundir
 from tinyvit.convert import check_config_fits
 from tinyvit.evaluate import AMP_CHOICES
 from tinyvit.presets import PRESETS
-from tinyvit.processes import Interrupted, StopRequest, init_distributed
+from tinyvit.processes import StopRequest, init_distributed
 from tinyvit.report import format_table, speedup_line
 from tinyvit.trainer import LR_DEFAULTS, Config, NonFiniteLoss, Trainer, load_checkpoint
 
@@ -93,7 +93,7 @@ from tinyvit.trainer import load_model  # noqa: F401
 
 # What may differ when resuming: where and how the run executes, not what it computes.
 RUNTIME_FIELDS = {"epochs", "device", "num_workers", "cache", "data_dir", "progress", "out", "resume", "force",
-                  "allow_data_change"}
+                  "allow_data_change", "compile"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--data-seed", type=int, help="seed of the --limit-train/--limit-val subsets (default: --seed)")
     p.add_argument("--repeat-train", type=int, metavar="K", help="an epoch passes K times over the training images (default: 1)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained part of the model (for GPUs; "
+                   "it gained nothing on a 2-core CPU, bench/README.md)")
     recipe.add_arguments(p)
     p.add_argument("--teacher", metavar="PATH", help="distil from this model (any format tinyvit.load_pretrained reads, "
                    "a run directory too); it must predict the dataset's classes (DeiT, see tinyvit/distill.py)")
@@ -318,22 +320,21 @@ def main(argv=None) -> int:
             run.write_json("classes.json", trainer.classes)
             if resume_state is not None:
                 trainer.save_metrics()  # = the checkpoint's history: no epoch twice, none lost
-                trainer.log(f"resuming {out} after epoch {trainer.epoch}" +
-                            (f" and {trainer.batches_done} batches of epoch {trainer.epoch + 1}" if trainer.batches_done else ""))
+                epoch, batches = trainer.position()
+                trainer.log(f"resuming {out} after epoch {epoch}" +
+                            (f" and {batches} batches of epoch {epoch + 1}" if batches else ""))
         if dist.world > 1:
             torch.distributed.barrier()
 
         with StopRequest(trainer.log) as stop:  # also over finish(): a Ctrl-C there waits for the files to be written
             try:
-                trainer.fit(stop)
-            except Interrupted as e:
-                trainer.batches_done, trainer.partial = e.batches_done, e.partial
-                trainer.save_checkpoint()
-                trainer.log(f"stopped in epoch {e.epoch} after {e.batches_done} of {trainer.steps_per_epoch} batches; "
-                            f"checkpoint saved. Continue with: python -m tinyvit.finetune --out {out} --resume")
-                return 128 + (stop.signum or signal.SIGINT)
+                if not trainer.fit(stop):
+                    epoch, batches = trainer.position()
+                    trainer.log(f"stopped in epoch {epoch + 1} after {batches} of {trainer.steps_per_epoch} batches; "
+                                f"checkpoint saved. Continue with: python -m tinyvit.finetune --out {out} --resume")
+                    return 128 + (stop.signum or signal.SIGINT)
             except KeyboardInterrupt:
-                kept = (f"{out / 'checkpoint.pt'} holds epoch {trainer.saved[0]}" if trainer.saved
+                kept = (f"{out / 'checkpoint.pt'} holds step {trainer.saved_step}" if trainer.saved_step is not None
                         else "no checkpoint had been saved yet")
                 trainer.log(f"interrupted twice: quitting without saving; {kept}")
                 return 130

@@ -3,7 +3,7 @@
 - `init_distributed`: one process per GPU under torchrun (NCCL), or per CPU slot (gloo); `Dist` says
   which one this is. Only rank 0 writes files.
 - `StopRequest`: Ctrl-C or SIGTERM asks the loop to stop at the next step boundary, so the saved
-  checkpoint is exact; `Interrupted` carries where the run stood.
+  checkpoint is exact.
 - `start_workers`: DataLoader workers that leave those signals to the main process.
 - `random_state` / `set_random_state`: the RNGs a resume restores.
 """
@@ -47,14 +47,6 @@ def init_distributed(device_flag: str) -> tuple[Dist, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank), device
-
-
-class Interrupted(Exception):
-    """Raised inside the loop when a stop was requested; carries where the run stands."""
-
-    def __init__(self, epoch: int, batches_done: int, partial: Optional[dict]):
-        super().__init__(f"interrupted in epoch {epoch} after {batches_done} batches")
-        self.epoch, self.batches_done, self.partial = epoch, batches_done, partial
 
 
 class StopRequest:

@@ -15,7 +15,8 @@ ImageNet-1k alone with, on top of AdamW and a cosine schedule:
 Every piece here is torchvision's (`torchvision.transforms.v2`), not written by hand:
 - per image, on the way in: `v2.RandAugment` (Cubuk et al. 2020) or `v2.TrivialAugmentWide`
   (Mueller & Hutter 2021: one random op at a random strength, no tuning), then after normalisation
-  `v2.RandomErasing` (Zhong et al. 2020);
+  `v2.RandomErasing` (Zhong et al. 2020); for datasets held as one tensor, RandAugment and erasing
+  run a batch at a time with per-image parameters (tinyvit/augment.py, torchvision's op table);
 - per batch, in the training loop: `v2.MixUp` (Zhang et al. 2018) or `v2.CutMix` (Yun et al. 2019),
   which turn the integer labels into soft targets [b, classes]; the loss is cross-entropy against
   them (`F.cross_entropy` takes probabilities), with label smoothing (Szegedy et al. 2016) on top.
@@ -138,25 +139,30 @@ class Recipe:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import v2
 
+        from tinyvit.data import low_res_geometry, to_normalised_tensor
+
         s, interp = preprocess.image_size, InterpolationMode(preprocess.interpolation)
         if low_res:  # shift by an eighth of the source (CIFAR: 4 px) and mirror if the data allows, upsample
-            geometry = [*([v2.RandomCrop(source_size, padding=max(1, source_size // 8), padding_mode="reflect")] if shift else []),
-                        *([v2.RandomHorizontalFlip()] if flip else []),
-                        v2.Resize((s, s), interpolation=interp, antialias=True)]
+            geometry = low_res_geometry(preprocess, source_size, flip=flip, shift=shift)
         else:  # photos: the random resized crop of tinyvit.preprocess
             geometry = [v2.RandomResizedCrop(s, scale=(0.5, 1.0), interpolation=interp, antialias=True),
                         *([v2.RandomHorizontalFlip()] if flip else [])]
-        policy = []
-        if self.randaugment:
-            policy = [v2.RandAugment(num_ops=2, magnitude=9, interpolation=interp)]
-        elif self.trivialaugment:
-            policy = [v2.TrivialAugmentWide(interpolation=interp)]
         erasing = [v2.RandomErasing(p=self.random_erasing, value=0)] if self.random_erasing > 0 else []
         return v2.Compose([
-            *geometry, *policy,  # on the PIL image: PIL resamples bicubic too, tensors only bilinear
-            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess.mean, preprocess.std),
+            *geometry, *self.policy(interp),  # on the PIL image: PIL resamples bicubic too, tensors only bilinear
+            *to_normalised_tensor(preprocess),
             *erasing,  # after normalising, so value=0 is the dataset's mean colour
         ])
+
+    def policy(self, interpolation) -> list:
+        """RandAugment or TrivialAugmentWide as torchvision v2 builds them, or nothing."""
+        from torchvision.transforms import v2
+
+        if self.randaugment:
+            return [v2.RandAugment(num_ops=2, magnitude=9, interpolation=interpolation)]
+        if self.trivialaugment:
+            return [v2.TrivialAugmentWide(interpolation=interpolation)]
+        return []
 
     # -- per batch ----------------------------------------------------------------------------
 

@@ -74,7 +74,7 @@ MANIFEST = "tinyvit-run.json"
 LOCK = ".tinyvit-run.lock"
 CACHE_DIR = ".tinyvit-feature-cache"  # the feature cache (tinyvit/cache.py), removed when the run ends
 # checkpoint.pt, the resume state tinyvit/trainer.py writes and tinyvit/export.py can read back.
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "tinyvit.finetune", 1
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "tinyvit.finetune", 2  # 2: resumes from a step counter (tinyvit/trainer.py)
 STAGING = ".tinyvit-tmp-"  # prefix of the folders files are written in before they are renamed
 FORMAT, VERSION = "tinyvit-run", 1
 

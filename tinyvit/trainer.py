@@ -1,12 +1,18 @@
-"""One training run: its settings (`Config`), its model, and the `Trainer` that fits it.
+"""One training run: its settings (`Config`), the set-up, and the loop over optimizer steps.
 
-`Trainer(cfg, dist, device)` sets up everything a run needs (the data splits, the model with its
-new head at the training resolution, the frozen prefix and what trains (tinyvit/freeze.py), the
-AdamW optimizer with warm-up and cosine decay (tinyvit/schedule.py), MixUp/CutMix and the loss
-(tinyvit/recipe.py), the feature caches (tinyvit/cache.py), a teacher (tinyvit/distill.py)), then
-`fit(stop)` runs the epochs and `finish()` writes the model, summary and figures. Every file goes
-through the run directory (tinyvit/rundir.py), only on rank 0; checkpoint.pt holds the whole
-resume state. The command line around it, and the resume rules, are tinyvit/finetune.py.
+The set-up is a flat sequence of `build_*` functions, each returning plain objects: the data splits
+(tinyvit/data.py), the model with its new head at the training resolution and its split into a
+frozen prefix and what trains (tinyvit/freeze.py), a teacher (tinyvit/distill.py), where batches
+come from (tinyvit/batches.py: small low-res datasets as one tensor on the device, augmented a batch
+at a time; photos through per-image transforms), AdamW with warm-up and cosine decay per step
+(tinyvit/schedule.py), and the modules a step and an evaluation call (DDP, torch.compile).
+
+`Trainer.fit` is the loop: batch, forward, loss, backward, step, schedule; at the end of each epoch
+evaluation, checkpoint and log. Its state is one counter, `step`: the epoch and the batch within it
+follow from it, since the batches of an epoch are a pure function of (seed, epoch) and augmentation
+is seeded by (seed, step). checkpoint.pt holds {model, optimizer, scheduler, scaler, step, rng} and
+the epoch's running sums for the log. Every file goes through the run directory
+(tinyvit/rundir.py), only on rank 0. The command line and the resume rules are tinyvit/finetune.py.
 """
 from __future__ import annotations
 
@@ -24,13 +30,15 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tinyvit import data, freeze, recipe, rundir
+from tinyvit import data, freeze, presets, recipe, rundir
+from tinyvit.augment import BatchAugment, seeded
+from tinyvit.batches import ImageBatches, TensorBatches
 from tinyvit.checkpoint import save_pretrained
 from tinyvit.evaluate import Tally, amp_dtype, autocast, evaluate, per_class_accuracy
 from tinyvit.hub import create_model
-from tinyvit.presets import PRESETS, build_model, parse_overrides
+from tinyvit.presets import PRESETS, parse_overrides
 from tinyvit.preprocess import Preprocess
-from tinyvit.processes import Dist, Interrupted, StopRequest, random_state, set_random_state, start_workers
+from tinyvit.processes import Dist, StopRequest, random_state, set_random_state
 from tinyvit.report import plot_confusion, plot_curves, speedup_line, timing
 from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch
 
@@ -84,6 +92,7 @@ class Config:
     distill: Optional[str] = None  # "hard" (the default with --teacher) or "soft"
     distill_alpha: float = 0.5
     distill_tau: float = 1.0
+    compile: bool = False  # torch.compile the trained part of the model, for training and evaluation
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -163,7 +172,166 @@ def load_checkpoint(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# The trainer.
+# Set-up: one small function per piece, each returning plain objects.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_config(cfg: Config, dist: Dist) -> None:
+    """The numbers of the run, before anything is loaded."""
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError(f"--epochs {cfg.epochs} and --batch-size {cfg.batch_size} must be at least 1")
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must divide among {dist.world} processes")
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr >= 0):
+        raise ValueError(f"--lr {cfg.lr}: expected a learning rate of 0 or more")
+    if cfg.warmup_epochs is not None and not (math.isfinite(cfg.warmup_epochs) and cfg.warmup_epochs >= 0):
+        raise ValueError(f"--warmup-epochs {cfg.warmup_epochs}: expected 0 (no warm-up) or more")
+    if cfg.repeat_train < 1:
+        raise ValueError(f"--repeat-train {cfg.repeat_train} must be at least 1")
+    check_image_size(cfg)
+
+
+def build_data(cfg: Config) -> data.Splits:
+    splits = data.load_splits(
+        cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None,
+        seed=cfg.seed if cfg.data_seed is None else cfg.data_seed, limit_train=cfg.limit_train, limit_val=cfg.limit_val,
+    )
+    if len(splits.train) == 0 or len(splits.val) == 0:
+        raise data.DatasetError(f"{cfg.dataset}: {len(splits.train)} training and {len(splits.val)} validation images")
+    return splits
+
+
+def build_model(cfg: Config, classes: list, resume_state: Optional[dict], device: torch.device,
+                warn: Callable[[str], None]) -> tuple[nn.Module, freeze.Split]:
+    """The model (new, or as checkpoint.pt holds it) on `device`, and its split into frozen and trained."""
+    if resume_state is None:
+        model = load_model(cfg, len(classes), warn)
+    else:
+        if resume_state["classes"] != classes:
+            raise data.DatasetError(f"the dataset's classes changed since the run began: {resume_state['classes'][:10]} vs {classes[:10]}")
+        model = presets.build_model(resume_state["arch"], resume_state["model_config"],
+                                    Preprocess.from_dict(resume_state["preprocess"]))
+        model.load_state_dict(resume_state["model"])
+    model.to(device)
+    return model, freeze.apply(model, cfg.unfreeze)
+
+
+def build_teacher(cfg: Config, classes: list, preprocess: Preprocess, low_res: bool, split: freeze.Split,
+                  device: torch.device):
+    """tinyvit/distill.py's Distiller for --teacher, or None."""
+    from tinyvit import distill
+
+    if cfg.teacher is None:
+        if cfg.distill is not None:
+            raise ValueError(f"--distill {cfg.distill} needs --teacher PATH")
+        return None
+    teacher = distill.load_teacher(cfg.teacher, classes, device)
+    split.both_heads = True  # the loss needs the class and distillation heads apart
+    return distill.Distiller(teacher, data.eval_preprocess(preprocess, low_res), cfg.distill or "hard",
+                             cfg.distill_alpha, cfg.distill_tau, source=cfg.teacher)
+
+
+def build_sources(cfg: Config, splits: data.Splits, preprocess: Preprocess, recipe_: recipe.Recipe,
+                  device: torch.device, dist: Dist, num_workers: int):
+    """(training source, validation source), tinyvit/batches.py: low-res images held as one tensor on
+    the device and augmented there, or PIL images through per-image transforms (photos; TrivialAugmentWide)."""
+    traits, seed = splits.traits, cfg.seed
+    pre = data.eval_preprocess(preprocess, traits.low_res)
+    held = None
+    if traits.low_res and not recipe_.trivialaugment:
+        held = [data.as_tensor(splits.train), data.as_tensor(splits.val)]
+    if held is not None and None not in held:
+        pipeline = BatchAugment(
+            pre.image_size, pre.interpolation, pre.mean, pre.std,
+            padding=data.shift_padding(traits.size) if cfg.augment and traits.shift else 0,
+            flip=cfg.augment and traits.flip, randaugment=recipe_.randaugment, random_erasing=recipe_.random_erasing)
+        (train_x, train_y), (val_x, val_y) = held
+        return (TensorBatches(train_x.to(device), train_y.to(device), pipeline, augment=cfg.augment, seed=seed,
+                              rank=dist.rank, world=dist.world, repeat=cfg.repeat_train),
+                TensorBatches(val_x.to(device), val_y.to(device), pipeline, augment=False))
+    flags = dict(source_size=traits.size, flip=traits.flip, shift=traits.shift)
+    train_tf, eval_tf = data.transforms(preprocess, traits.low_res, cfg.augment, **flags)
+    if recipe_.augments_images:
+        train_tf = recipe_.train_transform(preprocess, traits.low_res, **flags)
+    kw = dict(device=device, seed=seed, num_workers=num_workers)
+    return (ImageBatches(splits.train, train_tf, eval_tf, repeat=cfg.repeat_train, **kw),
+            ImageBatches(splits.val, eval_tf, eval_tf, **kw))
+
+
+def build_optimizer(cfg: Config, model: nn.Module, steps_per_epoch: int, warn: Callable[[str], None]):
+    """(AdamW over the trainable parameters, its per-step LambdaLR schedule, warm-up steps, peak lr)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.warmup_epochs is None:  # one epoch, or a tenth of a shorter run, always short of the whole run
+        warmup = min(max(1, round(min(1.0, cfg.epochs / 10) * steps_per_epoch)), total - 1)
+    else:
+        warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch)) if cfg.warmup_epochs > 0 else 0
+        if warmup and warmup >= total:
+            raise ValueError(f"--warmup-epochs {cfg.warmup_epochs:g} covers the whole run of {cfg.epochs} epochs "
+                             f"({total} steps); use fewer, or 0 for no warm-up")
+    lr = cfg.resolved_lr()
+    if lr == 0:
+        warn("--lr 0: the learning rate is zero, so nothing will train")
+    optimizer = torch.optim.AdamW(freeze.param_groups(model, cfg.weight_decay), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup, total=total))
+    return optimizer, scheduler, warmup, lr
+
+
+def build_networks(split: freeze.Split, dist: Dist, device: torch.device, compile_: bool):
+    """(the module a training step calls, the one evaluation calls): the split, under
+    DistributedDataParallel with several processes, under torch.compile with --compile."""
+    train = split
+    if dist.world > 1:
+        # Frozen before wrapping: DDP reduces exactly the parameters that require grad, and every
+        # one of them is used by Split.forward, so no find_unused_parameters.
+        train = nn.parallel.DistributedDataParallel(split, device_ids=[device.index] if device.type == "cuda" else None)
+    if not compile_:
+        return train, split
+    return torch.compile(train), torch.compile(split)
+
+
+def cache_plan(cfg: Config, split: freeze.Split) -> tuple[bool, bool]:
+    """(cache the training features?, cache the validation features?)"""
+    frozen = split.frozen_depth is not None
+    if cfg.cache == "off":
+        return False, False
+    if cfg.cache != "auto":  # an explicit storage: say why it cannot be honoured rather than ignore it
+        if not frozen:
+            raise ValueError(f"--cache {cfg.cache}: --unfreeze all leaves no frozen prefix to cache")
+        if cfg.augment:
+            raise ValueError(f"--cache {cfg.cache}: augmented images differ every epoch; pass --no-augment "
+                             f"to cache the training features")
+    # Validation images are never augmented: their features are cached whenever the prefix is frozen.
+    return frozen and not cfg.augment, frozen
+
+
+class Meter:
+    """One epoch's training sums on the device (loss, correct, images; no host sync per step) and its seconds."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.load({})
+
+    def load(self, state: dict) -> None:
+        z = lambda key: torch.tensor(float(state.get(key, 0.0)), dtype=torch.float64, device=self.device)  # noqa: E731
+        self.loss_sum, self.correct, self.count = z("loss_sum"), z("correct"), z("count")
+        self.seconds, self.since = state.get("train_seconds", 0.0), time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().double() * labels.numel()
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.count += labels.numel()
+
+    def state(self, world: int) -> dict:
+        """The sums over all processes, as plain numbers."""
+        sums = torch.stack([self.loss_sum, self.correct, self.count])
+        if world > 1:
+            torch.distributed.all_reduce(sums)
+        return {"loss_sum": sums[0].item(), "correct": sums[1].item(), "count": int(sums[2].item()),
+                "train_seconds": self.seconds + time.perf_counter() - self.since}
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer: the set-up above, then one loop over steps.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -176,96 +344,217 @@ SYNC_EVERY = 20  # steps between host syncs: NaN check, progress-bar text, agree
 
 
 class Trainer:
-    """Sets up one run (data, model, freezing, optimizer, caches, resume state), then `fit()`s it."""
+    """One run: `Trainer(cfg, dist, device)` builds it, `fit(stop)` trains it step by step up to
+    cfg.epochs, `finish()` writes the model, summary and figures. `step` counts optimizer steps;
+    the epoch and the batch within it follow from it (the batches of an epoch are a pure function
+    of (seed, epoch), tinyvit/schedule.py), and so does a resume."""
 
     def __init__(self, cfg: Config, dist: Dist, device: torch.device, resume_state: Optional[dict] = None):
+        check_config(cfg, dist)
         self.cfg, self.dist, self.device = cfg, dist, device
         self.out = cfg.out_dir()
         self.dtype = amp_dtype(cfg.amp, device)
-        self.num_workers = cfg.num_workers if cfg.num_workers is not None else min(8, (os.cpu_count() or 1) // dist.world)
-        if cfg.epochs < 1 or cfg.batch_size < 1:
-            raise ValueError(f"--epochs {cfg.epochs} and --batch-size {cfg.batch_size} must be at least 1")
-        if cfg.batch_size % dist.world:
-            raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must divide among {dist.world} processes")
-        if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr >= 0):
-            raise ValueError(f"--lr {cfg.lr}: expected a learning rate of 0 or more")
-        if cfg.warmup_epochs is not None and not (math.isfinite(cfg.warmup_epochs) and cfg.warmup_epochs >= 0):
-            raise ValueError(f"--warmup-epochs {cfg.warmup_epochs}: expected 0 (no warm-up) or more")
-        check_image_size(cfg)
         self.batch = cfg.batch_size // dist.world
-
+        num_workers = cfg.num_workers if cfg.num_workers is not None else min(8, (os.cpu_count() or 1) // dist.world)
         torch.manual_seed(cfg.seed)  # the same initialisation on every process
         random.seed(cfg.seed)
-        self.splits = data.load_splits(
-            cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None,
-            seed=cfg.seed if cfg.data_seed is None else cfg.data_seed, limit_train=cfg.limit_train, limit_val=cfg.limit_val,
-        )
+        self.splits = build_data(cfg)
         self.classes = self.splits.classes
-        if cfg.repeat_train < 1:
-            raise ValueError(f"--repeat-train {cfg.repeat_train} must be at least 1")
-        if cfg.repeat_train > 1:  # each repeat draws its own augmentation: the sample keys differ
-            self.splits.train = data.Repeat(self.splits.train, cfg.repeat_train)
-        if len(self.splits.train) == 0 or len(self.splits.val) == 0:
-            raise data.DatasetError(f"{cfg.dataset}: {len(self.splits.train)} training and {len(self.splits.val)} validation images")
-
-        if resume_state is None:
-            self.model = load_model(cfg, len(self.classes), self.warn)
-        else:
-            if resume_state["classes"] != self.classes:
-                raise data.DatasetError(f"the dataset's classes changed since the run began: {resume_state['classes'][:10]} vs {self.classes[:10]}")
-            self.model = build_model(resume_state["arch"], resume_state["model_config"],
-                                     Preprocess.from_dict(resume_state["preprocess"]))
-            self.model.load_state_dict(resume_state["model"])
-        self.model.to(device)
+        self.model, self.split = build_model(cfg, self.classes, resume_state, device, self.warn)
         self.preprocess = self.model.preprocess  # at the training resolution
-        self.split = freeze.apply(self.model, cfg.unfreeze)
-        self.prefix_frozen = self.split.frozen_depth is not None
-        self.distiller = self._distiller()
-
-        self.train_tf, self.eval_tf = data.transforms(self.preprocess, self.splits.low_res, cfg.augment,
-                                                      source_size=self.splits.source_size, flip=self.splits.flip,
-                                                      shift=self.splits.shift)
+        self.distiller = build_teacher(cfg, self.classes, self.preprocess, self.splits.low_res, self.split, device)
         self.recipe = recipe.Recipe.from_config(cfg)
-        if self.recipe.augments_images:
-            self.train_tf = self.recipe.train_transform(self.preprocess, self.splits.low_res, self.splits.source_size,
-                                                        self.splits.flip, self.splits.shift)
         self.mix = self.recipe.batch_transform(len(self.classes))  # MixUp/CutMix: soft targets, or None
-        self.cache_train, self.cache_val = self._cache_plan()
+        self.train_data, self.val_data = build_sources(cfg, self.splits, self.preprocess, self.recipe, device, dist, num_workers)
+        self.cache_train, self.cache_val = cache_plan(cfg, self.split)
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built
-
         # With BatchNorm, a last training batch of one image joins the one before (epoch_batches).
         self.merge_single = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
-        self.steps_per_epoch = steps_per_epoch(len(self.splits.train), self.batch, dist.world, self.merge_single)
-        self.merged_single = self.steps_per_epoch < steps_per_epoch(len(self.splits.train), self.batch, dist.world)
-        total = cfg.epochs * self.steps_per_epoch
-        if cfg.warmup_epochs is None:  # one epoch, or a tenth of a shorter run, always short of the whole run
-            self.warmup = min(max(1, round(min(1.0, cfg.epochs / 10) * self.steps_per_epoch)), total - 1)
-        else:
-            self.warmup = max(1, round(cfg.warmup_epochs * self.steps_per_epoch)) if cfg.warmup_epochs > 0 else 0
-            if self.warmup and self.warmup >= total:
-                raise ValueError(f"--warmup-epochs {cfg.warmup_epochs:g} covers the whole run of {cfg.epochs} epochs "
-                                 f"({total} steps); use fewer, or 0 for no warm-up")
-        self.lr = cfg.resolved_lr()
-        if self.lr == 0:
-            self.warn("--lr 0: the learning rate is zero, so nothing will train")
-        self.schedule = partial(lr_factor, warmup=self.warmup, total=total)
-        self.optimizer = torch.optim.AdamW(freeze.param_groups(self.model, cfg.weight_decay), lr=self.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_data), self.batch, dist.world, self.merge_single)
+        self.optimizer, self.scheduler, self.warmup, self.lr = build_optimizer(cfg, self.model, self.steps_per_epoch, self.warn)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.ddp = self.split
-        if dist.world > 1:
-            # Frozen before wrapping: DDP reduces exactly the parameters that require grad, and every
-            # one of them is used by Split.forward, so no find_unused_parameters.
-            self.ddp = nn.parallel.DistributedDataParallel(self.split, device_ids=[device.index] if device.type == "cuda" else None)
-
-        self.epoch, self.batches_done, self.partial = 0, 0, None  # where the run stands
-        self.saved: Optional[tuple[int, int]] = None  # (epoch, batches_done) in checkpoint.pt, if there is one
-        self.run: Optional[rundir.RunDir] = None  # rank 0: every file goes through it (main sets it)
-        self.history: list[dict] = []
+        self.train_net, self.eval_net = build_networks(self.split, dist, device, cfg.compile)
+        self.step, self.history, self.meter = 0, [], Meter(device)  # where the run stands
+        self.saved_step: Optional[int] = None  # the step checkpoint.pt holds, if there is one
         self.last_confusion: Optional[torch.Tensor] = None
+        self.cache_seconds = 0.0  # building caches, counted in the next epoch's time
+        self.run: Optional[rundir.RunDir] = None  # rank 0: every file goes through it (finetune.main sets it)
         self.rng_state = None
         if resume_state is not None:
-            self._load_resume_state(resume_state)
+            self.load_state(resume_state)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def fit(self, stop: StopRequest) -> bool:
+        """Train up to the last step of cfg.epochs; False when a signal stopped it (checkpoint.pt then
+        holds the step reached)."""
+        self.log_setup()
+        spe, last = self.steps_per_epoch, self.cfg.epochs * self.steps_per_epoch
+        if not self.build_caches(stop):
+            return self.stopped()
+        batches = None
+        while True:
+            epoch, b = divmod(self.step, spe)
+            if b == 0 and len(self.history) < epoch and not self.end_epoch(stop):  # evaluate, checkpoint, log
+                return self.stopped()
+            if self.step == last:
+                return True
+            if batches is None or b == 0:
+                batches = self.train_batches(epoch + 1, b)
+            inputs, targets, labels, indices = next(batches)
+            loss, logits = self.train_step(inputs, targets, indices)  # forward, backward, optimizer, schedule
+            self.meter.add(loss, logits, labels)
+            self.step += 1
+            if self.sync_due(stop) and self.stop_or_nan(stop, self.meter.loss_sum):
+                return self.stopped()
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on one batch; (loss, logits)."""
+        with autocast(self.device, self.dtype):
+            loss, logits = self.loss(inputs, targets, indices)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss, logits
+
+    def train_batches(self, epoch: int, start: int):
+        """Epoch `epoch`'s batches from batch `start` on, as (inputs, targets, labels, item indices);
+        targets are the labels, or soft targets [b, classes] after MixUp/CutMix."""
+        lists = epoch_batches(len(self.train_data), self.batch, self.dist, self.cfg.seed, epoch,
+                              merge_single=self.merge_single)[start:]
+        first = (epoch - 1) * self.steps_per_epoch + start
+        self.train_net.train()  # the frozen prefix stays in eval mode (freeze.apply pinned it)
+        self.meter.since = time.perf_counter()
+        with self.bar(sum(map(len, lists)) * self.dist.world, f"epoch {epoch}/{self.cfg.epochs} train") as bar:
+            for k, ((inputs, labels), indices) in enumerate(zip(self.batches("train", lists, first), lists)):
+                targets = labels
+                if self.mix is not None:
+                    with seeded(data.sample_seed(self.cfg.seed, first + k, self.dist.rank)):
+                        inputs, targets = self.mix(inputs, labels)
+                bar.update(labels.numel() * self.dist.world)
+                yield inputs, targets, labels, indices
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of one training batch."""
+        features = inputs if self.features["train"] is not None else self.split.prefix(inputs)
+        logits = self.train_net(features)
+        if self.distiller is None:
+            return self.recipe.loss(logits, targets), logits
+        return self.distiller.loss(logits, targets, inputs, indices)  # DeiT's; logits become the heads' mean
+
+    def batches(self, name: str, lists: list, first_step: Optional[int] = None):
+        """(inputs, labels) on the device per list of indices: cached features, or images from the source."""
+        if self.features[name] is not None:
+            return self.features[name].batches(lists, self.device)
+        return (self.train_data if name == "train" else self.val_data).batches(lists, first_step)
+
+    def sync_due(self, stop: StopRequest) -> bool:
+        # A single process may stop at any step (no one to agree with).
+        return self.step % SYNC_EVERY == 0 or self.step % self.steps_per_epoch == 0 or (self.dist.world == 1 and stop.requested)
+
+    def stop_or_nan(self, stop: StopRequest, loss_sum: torch.Tensor) -> bool:
+        """A host sync: raise NonFiniteLoss if the loss went NaN/Inf anywhere (before anything is
+        saved); True if a stop was requested anywhere (all processes leave at the same step)."""
+        flags = torch.tensor([float(stop.requested), float(not torch.isfinite(loss_sum).item())], device=self.device)
+        if self.dist.world > 1:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        if flags[1]:
+            if self.saved_step is None:
+                kept = "no checkpoint was saved before it (rerun with --force to start over)"
+            else:
+                e, b = self.position(self.saved_step)
+                kept = f"checkpoint.pt holds the last good state (epoch {e}" + (f" and {b} batches of epoch {e + 1})" if b else ")")
+            epoch, b = divmod(self.step - 1, self.steps_per_epoch)
+            raise NonFiniteLoss(
+                f"the training loss became NaN/Inf in epoch {epoch + 1} (batch {b + 1} or up to {SYNC_EVERY} before); "
+                f"stopped without saving: {kept}. Try a lower --lr (now {self.lr:g})"
+                + (" or --amp bf16 / off (fp16 overflows more easily)" if self.dtype == torch.float16 else "")
+            )
+        return bool(flags[0])
+
+    def end_epoch(self, stop: StopRequest) -> bool:
+        """Validate the epoch that just ended, log it, save the checkpoint; False if stopped on the way."""
+        train = self.meter.state(self.dist.world)
+        val_start = time.perf_counter()
+        tally = self.validate(stop)
+        if tally is None or self.stop_or_nan(stop, torch.zeros(())):
+            return False
+        val_seconds = time.perf_counter() - val_start
+        epoch = len(self.history) + 1
+        row = {
+            "epoch": epoch,
+            "train_loss": train["loss_sum"] / train["count"], "train_acc": train["correct"] / train["count"],
+            "val_loss": tally.loss, "val_acc": tally.acc,
+            "seconds": train["train_seconds"] + val_seconds + self.cache_seconds,
+            "lr": self.lr * self.scheduler.lr_lambdas[0](self.step - 1),
+            "train_seconds": train["train_seconds"], "val_seconds": val_seconds,
+            "cache_seconds": self.cache_seconds, "train_images_per_s": train["count"] / max(train["train_seconds"], 1e-9),
+            "cached": self.features["train"] is not None, "train_images": train["count"], "val_images": int(tally.count.item()),
+        }
+        if self.distiller is not None:
+            row.update(self.distiller.epoch_metrics(self.dist.world))
+        self.history.append(row)
+        self.last_confusion = tally.confusion.cpu()
+        self.meter.load({})
+        self.cache_seconds = 0.0
+        self.save_checkpoint()
+        self.save_metrics()  # after the checkpoint: metrics.jsonl never has an epoch that checkpoint.pt lacks
+        self.log(f"epoch {epoch}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
+                 f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.2e}  "
+                 f"{row['seconds']:.1f} s ({row['train_images_per_s']:,.0f} img/s{', cached features' if row['cached'] else ''})")
+        if epoch == 2 and self.history[0]["cached"]:
+            self.log(speedup_line(self.history))
+        return True
+
+    def stopped(self) -> bool:
+        self.save_checkpoint()
+        return False
+
+    @torch.no_grad()
+    def validate(self, stop: StopRequest) -> Optional[Tally]:
+        cached = self.features["val"] is not None
+        lists = epoch_batches(len(self.val_data), self.batch, self.dist, self.cfg.seed, 0, shuffle=False)
+        self.eval_net.eval()
+
+        def forward(inputs):
+            return self.eval_net(inputs if cached else self.split.prefix(inputs))
+
+        # Processes hold unequal shares of the validation set, so only a single process may stop midway.
+        should_stop = (lambda: stop.requested) if self.dist.world == 1 else (lambda: False)
+        with self.bar(len(self.val_data), f"epoch {len(self.history) + 1}/{self.cfg.epochs} val") as bar:
+            tally = evaluate(forward, self.batches("val", lists), len(self.classes), self.device, self.dtype, bar, should_stop)
+        return tally.all_reduce() if tally is not None else None
+
+    # -- caches -------------------------------------------------------------------------------
+
+    def build_caches(self, stop: StopRequest) -> bool:
+        """The frozen prefix's features and the teacher's logits, once per run; False if stopped."""
+        from tinyvit import cache
+
+        should_stop = lambda: self.stop_or_nan(stop, torch.zeros(()))  # noqa: E731
+        for name, wanted, source in (("train", self.cache_train, self.train_data), ("val", self.cache_val, self.val_data)):
+            if not wanted or self.features[name] is not None:
+                continue
+            with self.bar(len(source), f"caching {name} features") as bar:
+                built = cache.build(
+                    self.split.prefix, source, storage=self.cfg.cache, device=self.device, dtype=self.dtype,
+                    path=self.out / rundir.CACHE_DIR / f"{name}.npy", batch_size=self.batch, rank=self.dist.rank,
+                    world=self.dist.world, progress=bar, should_stop=should_stop,
+                )
+            if built is None:
+                return False
+            self.features[name] = built
+            self.cache_seconds += built.seconds
+            self.log(f"cached {name} features: {len(built):,} x {list(built.features.shape[1:])} {str(built.dtype)[6:]} "
+                     f"{WHERE[built.storage]} ({built.nbytes / 2**20:,.0f} MiB), {built.seconds:.1f} s, "
+                     f"{len(built) / max(built.seconds, 1e-9):,.0f} img/s through the frozen prefix")
+        if self.distiller is not None:  # the teacher's val accuracy, and its logits once when not augmenting
+            self.cache_seconds += self.distiller.build(
+                self.train_data, self.val_data, cached=not self.cfg.augment, dtype=self.dtype, batch_size=self.batch,
+                rank=self.dist.rank, world=self.dist.world, path=self.out / rundir.CACHE_DIR, progress=self.bar, log=self.log)
+        return True
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -284,186 +573,21 @@ class Trainer:
         show = None if self.dist.main and self.cfg.progress else True
         return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, disable=show, dynamic_ncols=True)
 
-    def _distiller(self):
-        from tinyvit import distill
-
-        cfg = self.cfg
-        if cfg.teacher is None:
-            if cfg.distill is not None:
-                raise ValueError(f"--distill {cfg.distill} needs --teacher PATH")
-            return None
-        teacher = distill.load_teacher(cfg.teacher, self.classes, self.device)
-        self.split.both_heads = True  # the loss needs the class and distillation heads apart
-        return distill.Distiller(teacher, data.eval_preprocess(self.preprocess, self.splits.low_res), cfg.distill or "hard",
-                                 cfg.distill_alpha, cfg.distill_tau, source=cfg.teacher)
-
-    # -- caching ------------------------------------------------------------------------------
-
-    def _cache_plan(self) -> tuple[bool, bool]:
-        """(cache the training features?, cache the validation features?)"""
-        cfg = self.cfg
-        if cfg.cache == "off":
-            return False, False
-        if cfg.cache != "auto":  # an explicit storage: say why it cannot be honoured rather than ignore it
-            if not self.prefix_frozen:
-                raise ValueError(f"--cache {cfg.cache}: --unfreeze all leaves no frozen prefix to cache")
-            if cfg.augment:
-                raise ValueError(f"--cache {cfg.cache}: augmented images differ every epoch; pass --no-augment "
-                                 f"to cache the training features")
-        # Validation images are never augmented: their features are cached whenever the prefix is frozen.
-        return self.prefix_frozen and not cfg.augment, self.prefix_frozen
-
-    def build_caches(self, stop: Callable[[], bool]) -> float:
-        from tinyvit import cache
-
-        seconds = 0.0
-        for name, wanted, dataset in (("train", self.cache_train, self.splits.train), ("val", self.cache_val, self.splits.val)):
-            if not wanted or self.features[name] is not None:
-                continue
-            with self.bar(len(dataset), f"caching {name} features") as bar:
-                built = cache.build(
-                    self.split.prefix, data.Transformed(dataset, self.eval_tf), storage=self.cfg.cache,
-                    device=self.device, dtype=self.dtype, path=self.out / rundir.CACHE_DIR / f"{name}.npy",
-                    batch_size=self.batch, num_workers=self.num_workers, rank=self.dist.rank,
-                    world=self.dist.world, progress=bar, should_stop=stop,
-                )
-            if built is None:
-                raise Interrupted(self.epoch + 1, self.batches_done, self.partial)
-            self.features[name] = built
-            seconds += built.seconds
-            self.log(f"cached {name} features: {len(built):,} x {list(built.features.shape[1:])} {str(built.dtype)[6:]} "
-                     f"{WHERE[built.storage]} ({built.nbytes / 2**20:,.0f} MiB), {built.seconds:.1f} s, "
-                     f"{len(built) / max(built.seconds, 1e-9):,.0f} img/s through the frozen prefix")
-        if self.distiller is not None:  # the teacher's val accuracy, and its logits once when not augmenting
-            seconds += self.distiller.build(
-                data.Transformed(self.splits.train, self.eval_tf), data.Transformed(self.splits.val, self.eval_tf),
-                cached=not self.cfg.augment, dtype=self.dtype, batch_size=self.batch, num_workers=self.num_workers,
-                rank=self.dist.rank, world=self.dist.world, path=self.out / rundir.CACHE_DIR, progress=self.bar, log=self.log)
-        return seconds
-
-    def batches(self, name: str, index_batches: list, epoch: Optional[int]):
-        """(inputs, labels) per batch: cached features, or images through the data pipeline."""
-        if self.features[name] is not None:
-            return self.features[name].batches(index_batches, self.device)
-        dataset = self.splits.train if name == "train" else self.splits.val
-        transform = self.train_tf if name == "train" else self.eval_tf
-        keys = index_batches if epoch is None else [[(i, epoch) for i in b] for b in index_batches]
-        return start_workers(torch.utils.data.DataLoader(
-            data.Transformed(dataset, transform, seed=self.cfg.seed), batch_sampler=keys,
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-            generator=torch.Generator(),  # DataLoader draws worker seeds; keep the global RNG (dropout) untouched
-        ))
-
-    def is_cached(self, name: str) -> bool:
-        return self.features[name] is not None
-
-    # -- one epoch ----------------------------------------------------------------------------
-
-    def _stop_or_nan(self, stop: StopRequest, loss_sum: torch.Tensor) -> bool:
-        """A host sync: raise NonFiniteLoss if the loss went NaN/Inf anywhere; True if a stop was
-        requested anywhere (all processes decide together, so they leave the loop at the same step)."""
-        flags = torch.tensor([float(stop.requested), float(not torch.isfinite(loss_sum).item())], device=self.device)
-        if self.dist.world > 1:
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        if flags[1]:
-            if self.saved is None:
-                kept = "no checkpoint was saved before it (rerun with --force to start over)"
-            else:
-                e, b = self.saved
-                kept = f"checkpoint.pt holds the last good state (epoch {e}" + (f" and {b} batches of epoch {e + 1})" if b else ")")
-            raise NonFiniteLoss(
-                f"the training loss became NaN/Inf in epoch {self.epoch + 1} (batch {self.batches_done} or up to "
-                f"{SYNC_EVERY} before); stopped without saving: {kept}. Try a lower --lr (now {self.lr:g})"
-                + (" or --amp bf16 / off (fp16 overflows more easily)" if self.dtype == torch.float16 else "")
-            )
-        return bool(flags[0])
-
-    def train_epoch(self, stop: StopRequest) -> dict:
-        cfg, epoch = self.cfg, self.epoch + 1
-        cached = self.is_cached("train")
-        index_batches = epoch_batches(len(self.splits.train), self.batch, self.dist, cfg.seed, epoch,
-                                      merge_single=self.merge_single)
-        start = self.batches_done
-        # A resumed partial epoch holds sums over all processes: restore them on one only, since
-        # state() below adds the processes' sums together.
-        p = self.partial if self.partial and self.dist.main else {}
-        loss_sum = torch.tensor(p.get("loss_sum", 0.0), dtype=torch.float64, device=self.device)
-        correct = torch.tensor(p.get("correct", 0.0), dtype=torch.float64, device=self.device)
-        count, seconds = p.get("count", 0), p.get("train_seconds", 0.0)
-        t0 = time.perf_counter()
-
-        def state(done):  # the partial epoch, as plain numbers, summed over processes
-            sums = torch.stack([loss_sum, correct, torch.tensor(float(count), dtype=torch.float64, device=self.device)])
-            if self.dist.world > 1:
-                torch.distributed.all_reduce(sums)
-            return {"loss_sum": sums[0].item(), "correct": sums[1].item(), "count": int(sums[2].item()),
-                    "train_seconds": seconds + time.perf_counter() - t0, "batches_done": done}
-
-        self.ddp.train()  # the frozen prefix stays in eval mode (freeze.apply pinned it)
-        todo = index_batches[start:]
-        with self.bar(sum(map(len, todo)) * self.dist.world, f"epoch {epoch}/{cfg.epochs} train") as bar:
-            for b, (inputs, labels) in enumerate(self.batches("train", todo, epoch), start=start):
-                inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-                targets = labels  # [b] class indices, or [b, classes] soft targets after MixUp/CutMix
-                if self.mix is not None:
-                    inputs, targets = self.mix(inputs, labels)
-                with autocast(self.device, self.dtype):
-                    features = inputs if cached else self.split.prefix(inputs)
-                    logits = self.ddp(features)
-                    if self.distiller is None:
-                        loss = self.recipe.loss(logits, targets)
-                    else:  # DeiT's loss (tinyvit/distill.py); logits becomes the heads' mean
-                        loss, logits = self.distiller.loss(logits, targets, inputs, index_batches[b])
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                loss_sum += loss.detach().double() * labels.numel()
-                correct += (logits.argmax(1) == labels).sum()
-                count += labels.numel()
-                self.batches_done = b + 1
-                bar.update(labels.numel() * self.dist.world)
-                sync = (b + 1) % SYNC_EVERY == 0 or b + 1 == len(index_batches)
-                # A single process may stop at any step (no one to agree with); the NaN check comes
-                # first either way, so a poisoned state is never saved.
-                if (sync or (self.dist.world == 1 and stop.requested)) and self._stop_or_nan(stop, loss_sum):
-                    raise Interrupted(epoch, b + 1, state(b + 1))
-                if sync:
-                    bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}", acc=f"{100 * correct.item() / count:.1f}%")
-        return state(len(index_batches))
-
-    @torch.no_grad()
-    def validate(self, stop: StopRequest) -> Optional[Tally]:
-        cached = self.is_cached("val")
-        index_batches = epoch_batches(len(self.splits.val), self.batch, self.dist, self.cfg.seed, 0, shuffle=False)
-        self.split.eval()
-
-        def forward(inputs):
-            return self.split(inputs if cached else self.split.prefix(inputs))
-
-        # Processes hold unequal shares of the validation set, so only a single process may stop midway.
-        should_stop = (lambda: stop.requested) if self.dist.world == 1 else (lambda: False)
-        with self.bar(len(self.splits.val), f"epoch {self.epoch + 1}/{self.cfg.epochs} val") as bar:
-            tally = evaluate(forward, self.batches("val", index_batches, None), len(self.classes),
-                             self.device, self.dtype, bar, should_stop)
-        return tally.all_reduce() if tally is not None else None
-
-    # -- the loop -----------------------------------------------------------------------------
-
-    def fit(self, stop: StopRequest) -> None:
+    def log_setup(self) -> None:
         cfg = self.cfg
         self.log(self.split.describe())
         if getattr(self.model.cfg, "token_learner_tokens", 0):  # the compute TokenLearner saves
             from tinyvit.flops import describe_token_learner
 
             self.log(describe_token_learner(self.model.cfg))
+        where = "one tensor on the device" if isinstance(self.train_data, TensorBatches) else "image files"
         self.log(f"{cfg.model} ({cfg.weights} weights) on {cfg.dataset}: {len(self.splits.train):,} train / "
-                 f"{len(self.splits.val):,} val images at {self.preprocess.image_size} px, {len(self.classes)} classes; "
+                 f"{len(self.splits.val):,} val images at {self.preprocess.image_size} px ({where}), {len(self.classes)} classes; "
                  f"AdamW lr {self.lr:g} wd {cfg.weight_decay:g}, batch {cfg.batch_size}"
                  f"{f' ({self.dist.world} x {self.batch})' if self.dist.world > 1 else ''}, {self.steps_per_epoch} steps/epoch, "
-                 f"warm-up {self.warmup} steps, recipe: {self.recipe.describe()}, amp {str(self.dtype)[6:] if self.dtype else 'off'}, {self.device}")
-        if self.merged_single:
+                 f"warm-up {self.warmup} steps, recipe: {self.recipe.describe()}, amp {str(self.dtype)[6:] if self.dtype else 'off'}, "
+                 f"{self.device}{', compiled' if cfg.compile else ''}")
+        if self.steps_per_epoch < steps_per_epoch(len(self.train_data), self.batch, self.dist.world):
             self.log(f"note: the last training batch of each epoch would hold a single image (per process), which "
                      f"BatchNorm cannot train on; it joins the batch before ({self.steps_per_epoch} steps/epoch)")
         if not self.dist.main:
@@ -473,67 +597,44 @@ class Trainer:
             set_random_state(self.rng_state)
         elif self.dist.world > 1:
             torch.manual_seed(cfg.seed + self.dist.rank)  # different dropout masks on each process
-        while self.epoch < cfg.epochs:
-            epoch_start = time.perf_counter()
-            cache_seconds = self.build_caches(lambda: self._stop_or_nan(stop, torch.zeros(())))
-            train = self.train_epoch(stop)
-            val_start = time.perf_counter()
-            tally = self.validate(stop)
-            if tally is None or self._stop_or_nan(stop, torch.zeros(())):
-                raise Interrupted(self.epoch + 1, self.batches_done, train)
-            seconds = time.perf_counter() - epoch_start + (self.partial or {}).get("train_seconds", 0.0)
-            self.epoch += 1
-            self.batches_done, self.partial = 0, None
-            step = self.epoch * self.steps_per_epoch - 1  # the epoch's last step
-            row = {
-                "epoch": self.epoch,
-                "train_loss": train["loss_sum"] / train["count"], "train_acc": train["correct"] / train["count"],
-                "val_loss": tally.loss, "val_acc": tally.acc, "seconds": seconds,
-                "lr": self.lr * self.schedule(step),
-                "train_seconds": train["train_seconds"], "val_seconds": time.perf_counter() - val_start,
-                "cache_seconds": cache_seconds, "train_images_per_s": train["count"] / max(train["train_seconds"], 1e-9),
-                "cached": self.is_cached("train"), "train_images": train["count"], "val_images": int(tally.count.item()),
-            }
-            if self.distiller is not None:
-                row.update(self.distiller.epoch_metrics(self.dist.world))
-            self.history.append(row)
-            self.last_confusion = tally.confusion.cpu()
-            self.save_checkpoint()
-            self.save_metrics()  # after the checkpoint: metrics.jsonl never has an epoch that checkpoint.pt lacks
-            self.log(f"epoch {self.epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
-                     f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.2e}  "
-                     f"{seconds:.1f} s ({row['train_images_per_s']:,.0f} img/s{', cached features' if row['cached'] else ''})")
-            if self.epoch == 2 and self.history[0]["cached"]:
-                self.log(speedup_line(self.history))
 
     # -- state --------------------------------------------------------------------------------
+
+    def position(self, step: Optional[int] = None) -> tuple[int, int]:
+        """(epochs finished and logged, batches done of the next) at `step` (default: now); the batches
+        equal a whole epoch when it ended but was not yet validated."""
+        step = self.step if step is None else step
+        return len(self.history), step - len(self.history) * self.steps_per_epoch
 
     def run_config(self) -> dict:
         """The run's settings as resolved (the learning rate), as --resume will read them back."""
         return asdict(replace(self.cfg, lr=self.lr, resume=False, force=False))
 
-    def checkpoint_state(self) -> dict:
-        """Everything a resume needs, as tensors and plain Python values (torch.load(weights_only=True))."""
+    def checkpoint_state(self, meters: dict) -> dict:
+        """Everything a resume needs, as tensors and plain Python values (torch.load(weights_only=True)).
+        `epoch` and `batches_done` follow from `step`; they are there for readers (tinyvit.study)."""
+        epoch, batches_done = self.position()
         return {
             "format": rundir.CHECKPOINT_FORMAT, "version": rundir.CHECKPOINT_VERSION,
             "config": self.run_config(),
             "arch": "vit" if self.split.is_vit else "resnet",
             "model_config": self.model.cfg.to_dict(), "preprocess": self.preprocess.to_dict(),
-            # issue 22: what tinyvit.export of an unfinished run serves with (model.safetensors's preprocessing)
+            # what tinyvit.export of an unfinished run serves with (model.safetensors's preprocessing)
             "eval_preprocess": data.eval_preprocess(self.preprocess, self.splits.low_res).to_dict(),
-            "classes": self.classes, "world_size": self.dist.world,
-            "epoch": self.epoch, "batches_done": self.batches_done, "partial": self.partial,
-            "history": self.history, "last_confusion": self.last_confusion,
+            "classes": self.classes, "world_size": self.dist.world, "steps_per_epoch": self.steps_per_epoch,
+            "step": self.step, "epoch": epoch, "batches_done": batches_done,
+            "meters": meters, "history": self.history, "last_confusion": self.last_confusion,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": random_state(),
         }
 
     def save_checkpoint(self) -> None:
+        meters = self.meter.state(self.dist.world)  # on every process: the sums are all-reduced
         if self.dist.main:
-            state = self.checkpoint_state()
+            state = self.checkpoint_state(meters)
             self.run.write("checkpoint.pt", lambda f: torch.save(state, f))
-        self.saved = (self.epoch, self.batches_done)
+        self.saved_step = self.step
 
     def save_metrics(self) -> None:
         """metrics.jsonl: one line per epoch of the history, rewritten whole (it is small) so its
@@ -541,29 +642,33 @@ class Trainer:
         if self.dist.main:
             self.run.write("metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in self.history).encode()))
 
-    def _load_resume_state(self, state: dict) -> None:
-        if state["batches_done"] and state["world_size"] != self.dist.world:
-            raise ValueError(f"the run was interrupted mid-epoch with {state['world_size']} processes; "
-                             f"resume it with the same number (now {self.dist.world})")
+    def load_state(self, state: dict) -> None:
+        step, spe, was, done = state["step"], self.steps_per_epoch, state["steps_per_epoch"], len(state["history"])
+        if step != done * was and (was != spe or state["world_size"] != self.dist.world):
+            raise ValueError(f"the run was interrupted mid-epoch with {state['world_size']} processes and {was} steps per "
+                             f"epoch (now {self.dist.world} and {spe}); resume it with the same processes and data")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise ValueError(f"checkpoint.pt: the optimizer state does not fit this run ({e})") from e
-        self.epoch, self.batches_done, self.partial = state["epoch"], state["batches_done"], state["partial"]
-        if self.epoch > self.cfg.epochs or (self.epoch == self.cfg.epochs and self.batches_done):
-            raise ValueError(f"--epochs {self.cfg.epochs}: the run in {self.out} already has {self.epoch} epochs")
+        if was != spe:  # at an epoch's end, on other data (--allow-data-change): the epochs done count
+            step = self.scheduler.last_epoch = done * spe
+        if step > self.cfg.epochs * spe:
+            raise ValueError(f"--epochs {self.cfg.epochs}: the run in {self.out} already has {len(state['history'])} epochs")
         if self.cfg.epochs != state["config"]["epochs"]:
             self.log(f"note: --epochs {self.cfg.epochs} (was {state['config']['epochs']}): the cosine schedule now spans "
                      f"{self.cfg.epochs} epochs and the learning rate continues on it")
+        self.step, self.saved_step = step, step
         self.history = list(state["history"])
         self.last_confusion = state["last_confusion"]
-        self.saved = (self.epoch, self.batches_done)
+        if self.dist.main:  # the saved sums are over all processes: restored on one, summed by Meter.state
+            self.meter.load(state["meters"])
         if self.dist.main or self.dist.world == 1:
             self.rng_state = state["rng"]
         else:  # only rank 0's RNG was saved; the others continue from a derived seed
-            torch.manual_seed(hash((self.cfg.seed, self.dist.rank, self.epoch, self.batches_done)) % 2**63)
+            torch.manual_seed(hash((self.cfg.seed, self.dist.rank, step)) % 2**63)
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -578,7 +683,7 @@ class Trainer:
         confusion = self.last_confusion
         summary = {
             "model": cfg.model, "weights": cfg.weights, "dataset": cfg.dataset, "unfreeze": cfg.unfreeze,
-            "image_size": self.preprocess.image_size, "epochs": self.epoch,
+            "image_size": self.preprocess.image_size, "epochs": len(self.history),
             "final": self.history[-1], "best": best,
             "trainable_params": trainable, "total_params": total,
             "trainable_groups": self.split.trainable_groups(),
