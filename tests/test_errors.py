@@ -474,10 +474,10 @@ def test_an_image_size_too_large_for_memory_is_said_so(tmp_path):
     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB"),
 ])
 def test_out_of_memory_in_training_suggests_a_smaller_batch(tmp_path, monkeypatch, error):
-    def oom(self, stop):
+    def oom(self, *batch):
         raise error
 
-    monkeypatch.setattr(finetune.Trainer, "train_epoch", oom)
+    monkeypatch.setattr(finetune.Trainer, "train_step", oom)
     with pytest.raises(SystemExit, match=r"^tinyvit.finetune: error: out of memory in epoch 1 \(.*\); try a smaller "
                                          r"--batch-size \(now 16\)") as err:
         finetune.main(TINY_VIT + TINY_RUN + ["--out", str(tmp_path / "out")])

@@ -346,7 +346,7 @@ def main(argv=None) -> int:
                 if not is_out_of_memory(e):
                     raise
                 raise SystemExit("tinyvit.finetune: error: " + out_of_memory_message(
-                    e, cfg, f"in epoch {trainer.epoch + 1}")) from None
+                    e, cfg, f"in epoch {trainer.step // trainer.steps_per_epoch + 1}")) from None
             finally:
                 if dist.main:
                     shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
