@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--resume although the dataset differs from the one the run began with")
     p.add_argument("--num-workers", type=int, help="data loading processes (default: min(8, CPUs per process))")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip (enables training on cached features)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction,
+                   help="horizontal flips in the augmentation (default: the dataset's: on for CIFAR, photos, "
+                        "synthetic and small hf: images; off for digits and MNIST)")
+    p.add_argument("--shift", action=argparse.BooleanOptionalAction,
+                   help="random shifts of a low-res source by an eighth of its side (default: the dataset's: "
+                        "on, off for digits)")
     p.add_argument("--cache", choices=("auto", "off", "device", "memory", "disk"),
                    help="keep the frozen prefix's outputs: auto (default) whenever possible, or force where, or off")
     p.add_argument("--limit-train", type=int, help="train on a fixed random subset of N images")

@@ -64,6 +64,8 @@ class Config:
     allow_data_change: bool = False  # --resume on data whose fingerprint changed (tinyvit/rundir.py)
     num_workers: Optional[int] = None  # None: min(8, CPUs per process)
     augment: bool = True
+    flip: Optional[bool] = None  # horizontal flips in the augmentation; None: the dataset's default
+    shift: Optional[bool] = None  # random shifts of a low-res source; None: the dataset's default
     cache: str = "auto"
     limit_train: Optional[int] = None
     limit_val: Optional[int] = None
@@ -201,6 +203,11 @@ class Trainer:
             seed=cfg.seed if cfg.data_seed is None else cfg.data_seed, limit_train=cfg.limit_train, limit_val=cfg.limit_val,
         )
         self.classes = self.splits.classes
+        for note in self.splits.notes:
+            self.log(note)
+        for name in ("flip", "shift"):  # --flip / --no-shift ...: the run overrides the dataset's default
+            if getattr(cfg, name) is not None:
+                setattr(self.splits, name, getattr(cfg, name))
         if cfg.repeat_train < 1:
             raise ValueError(f"--repeat-train {cfg.repeat_train} must be at least 1")
         if cfg.repeat_train > 1:  # each repeat draws its own augmentation: the sample keys differ
