@@ -329,7 +329,7 @@ class ToRGB(Dataset):
 
     def __getitem__(self, i: int):
         image, label = self.base[i]
-        return image.convert("RGB"), int(label)
+        return to_rgb(image), int(label)
 
 
 def mnist(name: str, root: Path):

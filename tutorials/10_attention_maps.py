@@ -15,8 +15,9 @@
 #
 # With network access, the same code runs on real weights and photos:
 # ```python
+# from tinyvit.data import load_image  # RGB, 16-bit greyscale scaled rather than clipped
 # model = tinyvit.create_model("vit_base_patch16_224", pretrained=True).eval()
-# x = model.preprocess.eval_transform()(PIL.Image.open("cat.jpg").convert("RGB"))[None]
+# x = model.preprocess.eval_transform()(load_image("cat.jpg"))[None]
 # maps = model.attention_maps(x)  # 12 tensors of [1, 12, 197, 197]
 # ```
 
