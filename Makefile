@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (README.md):
-#   make demo    the data-scaling study on real digits, offline: ViT vs ResNet-18 from scratch (~7 min, 2 cores)
+#   make demo    the data-scaling study on real digits, offline: ViT vs ResNet-18 from scratch (6 min 51 s, 2 cores)
 #   make test    the test suite (what CI runs, through .ci/run)
 PYTHON ?= python3
 VENV   := .venv
@@ -29,7 +29,7 @@ study: $(VENV)/.installed
 # The data-scaling study, offline (tinyvit/study.py): ViT against ResNet-18, both from scratch with
 # the scratch recipe (tinyvit/recipe.py; MixUp/CutMix off for runs this short), on scikit-learn's
 # real handwritten digits at 4 nested training-set sizes and 2 seeds. Every run of a model makes
-# the same number of optimizer steps of 64 images, whatever its subset: the ViT 7 epochs of the
+# the same number of optimizer steps of 64 images (to within a whole epoch), whatever its subset: the ViT 7 epochs of the
 # full split (154 steps), the ResNet, ~3.5x dearer per step on a CPU, 2 (44 steps). 6 min 51 s
 # measured on 2 shared CPU cores; writes $(OUT)/demo/results.csv, results.md and scaling.png.
 DIGITS_VIT := vit=vit_tiny_patch16_224 --image-size 16 --epochs 7 --override patch_size=4,dim=64,depth=6,num_heads=4,mlp_dim=256,pool=mean

@@ -1,6 +1,6 @@
 """The tutorials run, offline, as a reader would run them, and read in order.
 
-Each `tutorials/NN_name.py` runs as `python tutorials/NN_name.py` from the repository root, in a
+Each `tutorials/<NN>_<name>.py` runs as `python tutorials/<NN>_<name>.py` from the repository root, in a
 fresh process, with TINYVIT_TUTORIAL_OUT pointing into tmp_path; it must exit 0, save the plots it
 promises there as real PNG files, leave nothing else behind (no temporary checkpoints, no files
 outside that folder), and contain asserts of its own that make its printed claims checkable. Each

@@ -8,7 +8,8 @@ or from Python `export(source, "hf", out)`, `export_hf(model, out, classes)`, `e
 The source is a fine-tuning run directory (its classes.json names the labels; its checkpoint.pt
 serves when the run did not get to write the model) or anything `tinyvit.load_pretrained` reads.
 
-The two layouts (../shared/reference/WEIGHTS.md sections 2 and 3):
+The two layouts (transformers' `models/vit/modeling_vit.py` and `convert_vit_timm_to_pytorch.py`; timm's
+`vision_transformer.py` and `_hub.py` `push_to_hf_hub`):
 
     hf    config.json              transformers' ViTConfig (DeiTConfig for a distilled DeiT): widths,
                                    LayerNorm eps, hidden_act, image and patch size, id2label/label2id

@@ -15,7 +15,8 @@ so "head" is N = 0 and "last" is N = 1. ViT's final LayerNorm trains in every mo
 block, and its per-feature scale and shift are what adapts the frozen features to the new head most
 cheaply (the ResNet has no such norm; its last BatchNorm sits inside layer4).
 
-Freezing is where fine-tuning scripts most often go quietly wrong (USERS.md 1.3, 1.6):
+Freezing is where fine-tuning scripts most often go quietly wrong (kdexd/virtex#16: BatchNorm statistics
+updated in a "frozen" backbone; CSCYQJ/MICCAI23-ProtoContra-SFDA#18: `module.requires_grad = False`):
 - every frozen parameter gets `requires_grad_(False)` (setting a module's `requires_grad`
   attribute freezes nothing);
 - the frozen modules stay in eval mode through `model.train()`: their `train` is replaced by one

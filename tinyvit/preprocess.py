@@ -2,8 +2,9 @@
 
 Every preset and every loaded checkpoint carries one of these (torchvision's habit: weights know
 their transforms). They differ in ways that cost accuracy when mixed up: Google's ViT weights
-expect pixels in [-1, 1] (mean = std = 0.5), DeiT and torchvision the ImageNet statistics
-(see ../shared/reference/WEIGHTS.md, sections 1.3, 3.3, 4 and 5).
+expect pixels in [-1, 1] (mean = std = 0.5: google-research/vision_transformer `vit_jax/input_pipeline.py`,
+`(im - 127.5) / 127.5`), DeiT and torchvision the ImageNet statistics (facebookresearch/deit `datasets.py`,
+torchvision `transforms/_presets.py` `ImageClassification`).
 """
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ How the runs are made comparable:
   Steps, epochs and passes are recorded per run.
 
 Every run lives in its own folder under --out; a finished one (summary.json) is skipped, an
-interrupted one resumed (`--resume`), so the same command continues a study after Ctrl-C. At the
+interrupted one resumed (`--resume`), so the same command continues a study after Ctrl-C. Each
+run's output (its finetune command line, epoch table, errors) goes to --out/logs/<run>.log. At the
 end: results.csv (one row per run), results.md (mean ± std over seeds) and scaling.png (accuracy
 against training-set size, one line per model, log x) or sweep.png (grouped bars). Runs are
 sequential in this process by default; `--jobs N` runs N finetune processes at once.

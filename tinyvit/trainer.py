@@ -144,7 +144,7 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
     if size != native:
         if size < native:
             warn(f"--image-size {size} is below the checkpoint's {native}: the weights saw {native}-pixel images "
-                 f"and accuracy suffers (USERS.md 1.1, 1.4); 32-pixel datasets are upsampled to --image-size")
+                 f"and accuracy suffers; 32-pixel datasets are upsampled to --image-size")
         if hasattr(model, "set_image_size"):
             model.set_image_size(size)  # resamples the position embedding
         else:  # a ResNet takes any size: only the preprocessing changes
