@@ -70,7 +70,7 @@ def broken_references(doc: Path) -> list[str]:
             if not resolves(ref, doc):
                 found.append(f"{doc.relative_to(ROOT)}:{line_no}: {ref}")
         for m in MACHINE_PATH.finditer(line):
-            found.append(f"{doc.relative_to(ROOT)}:{line_no}: {m.group(1)} (a path outside the repository)")
+            found.append(f"{doc.relative_to(ROOT)}:{line_no}: {m.group(1).rstrip('.,:;')} (a path outside the repository)")
     return found
 
 
