@@ -21,7 +21,7 @@ computed for the prefix tokens alone. It is the same arithmetic, not an approxim
 the last block costs about 6x fewer FLOPs (tinyvit/flops.py). `forward_features` still returns
 every token.
 
-Why one file of ~670 lines (the library's longest): it is one model read top to bottom, the config
+Why one file of ~800 lines (the library's longest): it is one model read top to bottom, the config
 and its checks, the modules, then VisionTransformer with the switches and timm's feature interface
 its users reach for. Splitting those off would send the reader between files for one model.
 """
