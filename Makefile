@@ -29,7 +29,7 @@ study: $(VENV)/.installed
 # The data-scaling study, offline (tinyvit/study.py): ViT against ResNet-18, both from scratch with
 # the scratch recipe (tinyvit/recipe.py; MixUp/CutMix off for runs this short), on scikit-learn's
 # real handwritten digits at 4 nested training-set sizes and 2 seeds. Every run of a model makes
-# the same number of optimizer steps of 128 images, whatever its subset, enough to converge on the
+# the same number of optimizer steps of 128 images (to within a whole epoch), whatever its subset, enough to converge on the
 # full split: the ViT 55 epochs of it (605 steps), the ResNet 8 (88 steps; README "Studies").
 # The digits train from one tensor, augmented a batch at a time (tinyvit/augment.py): on 2 cores a
 # step costs about 68 ms for the ViT and 207 ms for the ResNet (README), so the 16 runs take about

@@ -386,7 +386,8 @@ def memory_probe(model: str, image_size: int, batch: int, checkpoint: bool, smok
     import resource
 
     case = Case("checkpoint", model, image_size, batch, 0.0)
-    ours = build(case, smoke)["tinyvit"].train().set_grad_checkpointing(checkpoint)
+    ours = build(case, smoke)["tinyvit"].train()
+    ours.set_grad_checkpointing(checkpoint)
     images = torch.randn(batch, 3, image_size, image_size)
     labels = torch.randint(0, NUM_CLASSES, (batch,))
     step = train_step(ours, ours, images, labels, ours.parameters())

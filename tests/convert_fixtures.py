@@ -1,5 +1,5 @@
 """Helpers for the converter tests: tiny reference models with non-trivial weights, and a Google
-.npz writer (the inverse of the vit_jax layout, written from WEIGHTS.md section 1.2 on its own,
+.npz writer (the inverse of the vit_jax layout, written from vit_jax/models_vit.py's parameter names on its own,
 independently of tinyvit.convert, and checked against timm's own npz loader in the tests)."""
 from __future__ import annotations
 

@@ -236,7 +236,7 @@ def test_torchvision_vit(tmp_path, mlp_names, representation):
     ref = perturb(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64,
                                     mlp_dim=128, num_classes=10, representation_size=representation))
     sd = ref.state_dict()
-    if mlp_names == "old":  # the released files' names (WEIGHTS.md section 4)
+    if mlp_names == "old":  # the released files' names (torchvision's MLPBlock._load_from_state_dict renames them)
         sd = {k.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): v for k, v in sd.items()}
         assert any("mlp.linear_1" in k for k in sd)
         fresh = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64,

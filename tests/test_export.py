@@ -253,7 +253,7 @@ def test_crop_pct_lands_on_the_resize_size():
     for size in range(16, 520, 7):
         for resize in range(size + 1, 2 * size, 3):
             pre = Preprocess(size, HALF, HALF, "bicubic", resize)
-            pct, mode = ex._crop_pct(pre)
+            pct, mode = pre.timm_crop()
             assert math.floor(size / pct) == resize and mode == "center"
             assert preprocess_from_timm({"input_size": (3, size, size), "crop_pct": pct, "crop_mode": mode,
                                          "interpolation": "bicubic", "mean": HALF, "std": HALF}) == pre

@@ -141,7 +141,11 @@ def test_distilled_heads_are_averaged_in_training_too():
     split = freeze.apply(model, "last")
     model.train()
     feats = split.prefix(torch.randn(2, 3, 32, 32))
+    split.both_heads = True  # the model's own switch, timm's set_distilled_training
+    assert model.distilled_training
     cls_logits, dist_logits = model.forward_head(model.norm(model.blocks[2](feats)))
+    split.both_heads = False
+    assert not model.distilled_training
     torch.testing.assert_close(split(feats), (cls_logits + dist_logits) / 2)
 
 

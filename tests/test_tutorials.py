@@ -1,6 +1,6 @@
 """The tutorials run, offline, as a reader would run them, and read in order.
 
-Each `tutorials/NN_name.py` runs as `python tutorials/NN_name.py` from the repository root, in a
+Each `tutorials/<NN>_<name>.py` runs as `python tutorials/<NN>_<name>.py` from the repository root, in a
 fresh process, with TINYVIT_TUTORIAL_OUT pointing into tmp_path; it must exit 0, save the plots it
 promises there as real PNG files, leave nothing else behind (no temporary checkpoints, no files
 outside that folder), and contain asserts of its own that make its printed claims checkable. Each
@@ -37,6 +37,7 @@ PLOTS = {
     "11": ["11_data_scaling.png"],
     "12": ["12_distillation.png"],
     "13": ["13_token_learner.png"],
+    "17": ["17_hf_trainer.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMEOUT_S = 300  # each takes ~5-20 s on 2 idle cores; the margin is for a loaded machine

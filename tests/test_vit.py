@@ -137,17 +137,24 @@ def test_mean_pooling_differs_from_class_token_pooling():
 
 
 def test_distilled_heads_in_train_and_eval():
+    """timm's default: the mean of the two heads in train() mode too; both apart only after
+    set_distilled_training(True), in training."""
     model = tiny(distilled=True)
     perturb_(model)
     x = torch.randn(2, 3, 32, 32)
-    model.train()
-    cls_logits, dist_logits = model(x)
-    assert cls_logits.shape == dist_logits.shape == (2, 10)
     model.eval()
     feats = model.forward_features(x)
     expected = (model.head(feats[:, 0]) + model.head_dist(feats[:, 1])) / 2
     torch.testing.assert_close(model(x), expected)
     assert not torch.allclose(model.head(feats[:, 0]), model.head_dist(feats[:, 1]))
+    model.train()
+    torch.testing.assert_close(model(x), expected)
+    assert model.set_distilled_training() is None and model.distilled_training
+    cls_logits, dist_logits = model(x)
+    assert cls_logits.shape == dist_logits.shape == (2, 10)
+    torch.testing.assert_close((cls_logits + dist_logits) / 2, expected)
+    model.eval()
+    torch.testing.assert_close(model(x), expected)  # eval: the mean, whatever the switch
 
 
 def test_pre_logits_is_tanh_dense():
@@ -211,6 +218,7 @@ def test_reset_classifier():
     model = tiny(distilled=True)
     model.reset_classifier(3)
     model.train()
+    model.set_distilled_training(True)
     a, b = model(torch.randn(2, 3, 32, 32))
     assert a.shape == b.shape == (2, 3)
     model.reset_classifier(0)
@@ -256,9 +264,13 @@ def test_same_logits_as_timm_with_the_same_weights(distilled):
     # and the training outputs of the distilled model, both heads
     if distilled:
         ref.train(), model.train()
+        with torch.no_grad():  # timm's default in training: the mean of the heads, as tinyvit's
+            torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
         ref.set_distilled_training(True)
+        model.set_distilled_training(True)
         with torch.no_grad():
-            for a, b in zip(model(x), ref(x)):
+            assert isinstance(model(x), tuple)
+            for a, b in zip(model(x), ref(x), strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 

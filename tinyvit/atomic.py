@@ -1,8 +1,8 @@
 """Atomic file writes: a crash, a kill or Ctrl-C never leaves a half-written file where a good one was.
 
 The data goes to a temporary file in the same directory (so the rename cannot cross filesystems),
-is flushed to disk, and is renamed over the target in one step (USERS.md 4.3: non-atomic saves are
-the usual cause of "unexpected EOF" checkpoints after an interruption).
+is flushed to disk, and is renamed over the target in one step (non-atomic saves are the usual cause of
+"unexpected EOF" checkpoints after an interruption: Lightning-AI/pytorch-lightning#688).
 """
 from __future__ import annotations
 

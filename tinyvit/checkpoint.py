@@ -283,6 +283,8 @@ def read_checkpoint(source) -> Checkpoint:
             preprocessor = _read_json(source / "preprocessor_config.json")
         found = [source / n for n in ("model.safetensors", "pytorch_model.bin") if (source / n).is_file()]
         if not found:
+            if (source / "checkpoint.pt").is_file():  # a tinyvit.finetune run that has not finished
+                raise CheckpointError(f"{source}: no model.safetensors yet; " + _run_hint(source))
             sharded = [n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
                        if (source / n).is_file()]
             hint = f" (sharded checkpoints, {sharded[0]}, are not supported)" if sharded else ""

@@ -9,7 +9,7 @@ preprocessing its weights expect. It goes through these steps, the first two in 
 2. rename every key through its family's table to tinyvit's names, which are timm's, transforming
    layouts on the way (JAX kernels, split q/k/v). tinyvit/keymaps.py holds the tables and lists the
    families (Google .npz, Hugging Face, timm/DeiT, torchvision ViT and ResNet, tinyvit's own
-   directories) with where ../shared/reference/WEIGHTS.md documents each layout;
+   directories) with the source file that defines each layout;
 3. infer the architecture from the shapes (width, depth, patch, grid, MLP, prefix tokens, heads),
    and the preprocessing from the files beside the weights or the family's defaults;
 4. build the model and check every key and shape before loading anything; one error lists all
@@ -23,7 +23,7 @@ Numerics. Every PyTorch port computes exact (erf) GELU with LayerNorm eps 1e-6, 
 by default, also for the Google files (trained with tanh GELU; the ports differ from JAX by ~1e-3).
 A Hugging Face directory is the exception: its config.json says how transformers computes that
 model (`layer_norm_eps`, usually 1e-12, and `hidden_act`), and tinyvit honours it, so the logits
-are transformers' own. The weights were trained at eps 1e-6 (WEIGHTS.md 2.4); the difference is
+are transformers' own. The weights were trained at eps 1e-6 (flax's LayerNorm default); the difference is
 ~4e-4 in the logits. Pass `norm_eps=1e-6` to load_pretrained to reproduce timm instead.
 """
 from __future__ import annotations
@@ -298,7 +298,8 @@ MAX_TABLE = 2 ** 31
 
 
 # ---------------------------------------------------------------------------------------------
-# Preprocessing: how each family's weights expect their images (WEIGHTS.md 1.3, 2.4, 3.2, 4, 5).
+# Preprocessing: how each family's weights expect their images (vit_jax input_pipeline.py, transformers'
+# ViTImageProcessor, timm's default_cfgs, facebookresearch/deit datasets.py, torchvision's weight enums).
 # ---------------------------------------------------------------------------------------------
 
 # Hugging Face ViTImageProcessor: straight to 224x224, bilinear, no crop, [-1, 1].
@@ -408,7 +409,7 @@ def load_strict(model: nn.Module, mapped: Mapped, path: Path, what: str) -> None
     missing, mismatched = [], []
     for k, ref in expected.items():
         if k not in state:
-            if k.endswith("num_batches_tracked"):  # optional in old ResNet files (WEIGHTS.md 5)
+            if k.endswith("num_batches_tracked"):  # optional in old ResNet files (torchvision's 2017 weights)
                 state[k] = ref.clone()
             else:
                 missing.append(f"{k} {shape_of(ref)}")

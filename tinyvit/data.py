@@ -10,7 +10,8 @@ Every dataset here yields (PIL image, label), so one set of transforms serves al
     hf:NAME_OR_PATH     a Hugging Face `datasets` dataset: a hub name or a save_to_disk folder
 
 The transforms come from the checkpoint (`model.preprocess`: mean/std, resolution, interpolation),
-because mixing them up is the most common cause of poor transfer (USERS.md 1.1, 1.2):
+because mixing them up is the most common cause of poor transfer (facebookresearch/deit#154: 81% on
+CIFAR-10 without the resize to 224; staghado/vit.cpp#18: ImageNet statistics on a [-1, 1] model):
 - 32-pixel sources (CIFAR, synthetic) are *upsampled* straight to the model's square, as the
   ViT and DeiT papers do for CIFAR; zero-padding or a 32-pixel input costs 10-40 points.
   Their augmentation is the CIFAR classic, a 4-pixel reflect-padded random crop and a flip,
@@ -349,7 +350,7 @@ class ToRGB(Dataset):
 
     def __getitem__(self, i: int):
         image, label = self.base[i]
-        return image.convert("RGB"), int(label)
+        return to_rgb(image), int(label)
 
 
 def mnist(name: str, root: Path):
@@ -368,34 +369,80 @@ def mnist(name: str, root: Path):
             f"{name} is not usable in {root} ({type(e).__name__}: {e}). Offline, put {files} "
             f"into {root / cls.__name__ / 'raw'}"
         ) from e
+    for part, ds in (("training", train), ("test", val)):  # a label outside the classes, now, not mid-run
+        targets = torch.as_tensor(ds.targets)
+        bad = ((targets < 0) | (targets >= len(train.classes))).nonzero().flatten()
+        if len(bad):
+            raise DatasetError(f"{name} in {root / cls.__name__ / 'raw'}: the {part} labels file has label "
+                               f"{int(targets[bad[0]])} (image {int(bad[0])}; {len(bad)} such), outside the "
+                               f"{len(train.classes)} classes 0..{len(train.classes) - 1}")
     return ToRGB(train), ToRGB(val), list(train.classes)
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face datasets: a hub name (load_dataset) or a folder written by save_to_disk.
+# Hugging Face datasets: a hub name or a local folder (save_to_disk, or any layout load_dataset reads).
 # ---------------------------------------------------------------------------------------------
 
 HF_IMAGE_COLUMNS = ("img", "image")
 HF_LABEL_COLUMNS = ("label", "labels", "fine_label")
 HF_VAL_SPLITS = ("validation", "valid", "val", "test")
+# Small hf: images (a side of 64 pixels or less) are augmented as CIFAR is, a shift by an eighth of
+# the side and a horizontal flip, unless the run says otherwise (finetune --no-flip / --no-shift):
+# a dataset of digits or text wants neither flips nor, often, shifts.
+HF_SMALL = dict(flip=True, shift=True)
+
+
+def array_to_image(a: np.ndarray, float_scale: float = 255.0) -> Image.Image:
+    """An image stored as numbers (datasets' Array2D/Array3D, nested lists) -> an 8-bit RGB PIL image.
+
+    Shapes [H, W], [H, W, C] or channels first [C, H, W] (C = 1, 3 or 4). Integers above 255 are
+    16-bit intensities (scaled by 1/257, as to_rgb does for 16-bit files); floats are multiplied by
+    `float_scale` (255 for intensities in [0, 1], 1 for values already in 0..255); then clipped.
+    """
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+        a = np.ascontiguousarray(np.moveaxis(a, 0, -1))  # [c, h, w] -> [h, w, c]
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or a.size == 0:
+        raise DatasetError(f"an array of shape {list(a.shape)} is not an image; expected [H, W], [H, W, C] or [C, H, W]")
+    if a.dtype == np.uint8:
+        pixels = a
+    else:
+        values = a.astype(np.float64)
+        if np.issubdtype(a.dtype, np.floating):
+            values = np.nan_to_num(values) * float_scale
+        elif a.dtype == np.bool_:
+            values = values * 255.0
+        elif values.size and values.max() > 255:
+            values = values / 257.0
+        pixels = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels).convert("RGB")
 
 
 class HFImages(Dataset):
-    """One split of a `datasets.Dataset`: (RGB PIL image, label) from its image and label columns."""
+    """One split of a `datasets.Dataset`: (RGB PIL image, label) from its image and label columns.
 
-    def __init__(self, split, image_column: str, label_column: str, description: str):
+    Every image goes through to_rgb (16-bit greyscale scaled, not clipped to white) or, stored as an
+    array, array_to_image. `codes` maps the stored labels to the class indices (string labels, or a
+    validation ClassLabel whose names come in another order); None: they are the indices.
+    """
+
+    def __init__(self, split, image_column: str, label_column: str, description: str,
+                 codes: Optional[dict] = None, float_scale: float = 255.0):
         self.split, self.image_column, self.label_column = split, image_column, label_column
-        self.description = description
+        self.description, self.codes, self.float_scale = description, codes, float_scale
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int):
         row = self.split[int(i)]
-        image = row[self.image_column]
-        if not isinstance(image, Image.Image):  # an undecoded Image feature, or an array
-            image = Image.fromarray(np.asarray(image))
-        return image.convert("RGB"), int(row[self.label_column])
+        image, label = row[self.image_column], row[self.label_column]
+        if isinstance(image, Image.Image):
+            image = to_rgb(image)
+        else:  # an array feature (Array2D/3D, nested lists)
+            image = array_to_image(np.asarray(image), self.float_scale)
+        return image, int(label if self.codes is None else self.codes[label])
 
     def fingerprint(self) -> dict:
         return {"dataset": self.description, "rows": len(self.split), "fingerprint": self.split._fingerprint}
@@ -408,23 +455,91 @@ def _pick(columns: list[str], wanted: tuple, what: str, where: str) -> str:
     return found
 
 
+def _load_hf(hf, source: str, where: str):
+    """A local folder: load_from_disk (save_to_disk's layout), else load_dataset(path) (parquet files in
+    the hub's layout data/train-00000-of-00001.parquet, an imagefolder, csv, ...); else a hub name."""
+    try:
+        if not Path(source).exists():
+            return hf.load_dataset(source)
+        try:
+            return hf.load_from_disk(source)
+        except Exception as first:  # not a save_to_disk folder: perhaps one load_dataset reads
+            empty = _empty_saved_splits(Path(source))
+            if empty:  # datasets writes an empty split with no data file, and then cannot read it back
+                raise DatasetError(f"{where}: the {empty[0]!r} split has no rows") from first
+            try:
+                return hf.load_dataset(source)
+            except Exception as e:
+                raise DatasetError(f"{where}: cannot load it: neither datasets.load_from_disk ({type(first).__name__}: "
+                                   f"{str(first).strip()}) nor datasets.load_dataset ({type(e).__name__}: "
+                                   f"{str(e).strip()}) reads this folder") from e
+    except DatasetError:
+        raise
+    except Exception as e:  # offline, no such dataset ...
+        raise DatasetError(f"{where}: cannot load it ({type(e).__name__}: {e})") from e
+
+
+def _empty_saved_splits(folder: Path) -> list[str]:
+    """The splits of a save_to_disk folder whose state.json lists no data files (0 rows)."""
+    import json
+
+    try:
+        names = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        names = [n for n in names if isinstance(n, str) and re.fullmatch(r"[\w.-]+", n) and n not in (".", "..")]
+        return [n for n in names if json.loads((folder / n / "state.json").read_text()).get("_data_files") == []]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def _image_check(hf, split, name: str, column: str, where: str) -> float:
+    """Refuse an image column that holds no images; for a float array column, the scale to 0..255
+    (255 when its first rows lie in [0, 1], else 1)."""
+    feature = split.features[column]
+    if isinstance(feature, hf.Value):
+        hint = (f"; if they are file paths, cast the column first: ds.cast_column({column!r}, datasets.Image())"
+                if feature.dtype in ("string", "large_string") else "")
+        raise DatasetError(f"{where}: the {name!r} split's image column {column!r} holds {feature.dtype} values "
+                           f"(Value({feature.dtype!r})), not images{hint}")
+    if isinstance(feature, hf.Image):
+        return 255.0
+    first = [np.asarray(split[i][column]) for i in range(min(len(split), 8))]
+    if first and all(np.issubdtype(a.dtype, np.floating) for a in first):
+        return 255.0 if max(float(np.nan_to_num(a).max()) for a in first) <= 1.0 else 1.0
+    return 255.0
+
+
+def _labels(split, column: str) -> list:
+    return list(split[column])
+
+
+def _check_range(codes_of, split, name: str, column: str, n: int, where: str) -> None:
+    """Every label of a split a class index 0..n-1, checked now rather than as a mid-run IndexError."""
+    labels = np.asarray([codes_of(v) for v in _labels(split, column)], dtype=np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= n))
+    if bad.size:
+        row, value = int(bad[0]), int(labels[bad[0]])
+        note = " (datasets marks unlabelled rows with -1: use a labelled split)" if value < 0 else ""
+        raise DatasetError(f"{where}: the {name!r} split has label {value} in column {column!r} (row {row}; "
+                           f"{bad.size} such rows), outside the {n} classes 0..{n - 1} of 'train'{note}")
+
+
 def hugging_face(source: str, cache_dir: Optional[Path] = None):
-    """`hf:NAME_OR_PATH`: a folder written by `DatasetDict.save_to_disk` (load_from_disk), else a
-    hub name (load_dataset, downloaded into the Hugging Face cache). Splits 'train' and the first of
-    'validation', 'valid', 'val', 'test'; image column 'img' or 'image', label column 'label',
-    'labels' or 'fine_label'; class names from the label's ClassLabel feature."""
+    """`hf:NAME_OR_PATH`: a local folder (load_from_disk, else load_dataset(path): parquet files in
+    the hub's layout, an imagefolder ...) or a hub name (load_dataset, into the Hugging Face cache).
+    Splits 'train' and the first of 'validation', 'valid', 'val', 'test'; image column 'img' or
+    'image' (images, or arrays: Array2D/Array3D), label column 'label', 'labels' or 'fine_label'.
+
+    Classes: the train label's ClassLabel names; for string labels (Value('string')) the sorted
+    distinct names of 'train', each label encoded by its place (logged); for plain integers
+    "0".."max". A validation ClassLabel with the same names in another order is remapped by name;
+    names train lacks, string labels train lacks and labels outside 0..n-1 (-1 included) are refused
+    here, with the split and the row. Returns (train, val, classes, notes for the log)."""
     try:
         import datasets as hf
     except ImportError:
         raise DatasetError(f"--dataset {HF_PREFIX}{source} needs Hugging Face datasets: pip install 'tinyvit[data]'") from None
     where = f"--dataset {HF_PREFIX}{source}"
-    try:
-        if Path(source).exists():
-            loaded = hf.load_from_disk(source)
-        else:
-            loaded = hf.load_dataset(source)
-    except Exception as e:  # offline, no such dataset, a folder that is not a saved dataset ...
-        raise DatasetError(f"{where}: cannot load it ({type(e).__name__}: {e})") from e
+    loaded = _load_hf(hf, source, where)
     if not isinstance(loaded, hf.DatasetDict):
         raise DatasetError(f"{where}: a single split without names; expected a DatasetDict with 'train' and "
                            f"'validation' or 'test' (save one with DatasetDict(train=..., test=...).save_to_disk)")
@@ -434,21 +549,62 @@ def hugging_face(source: str, cache_dir: Optional[Path] = None):
     val_name = next((n for n in HF_VAL_SPLITS if n in loaded), None)
     if val_name is None:
         raise DatasetError(f"{where}: no validation split (looked for {', '.join(HF_VAL_SPLITS)}; it has {', '.join(names)})")
-    train = loaded["train"]
+    train, val = loaded["train"], loaded[val_name]
+    for name, split in (("train", train), (val_name, val)):
+        if len(split) == 0:
+            raise DatasetError(f"{where}: the {name!r} split has no rows")
     columns = list(train.column_names)
     image_column = _pick(columns, HF_IMAGE_COLUMNS, "image", where)
     label_column = _pick(columns, HF_LABEL_COLUMNS, "label", where)
-    feature = train.features[label_column]
-    if isinstance(feature, hf.ClassLabel):
-        classes = list(feature.names)
-    else:  # plain integers: name the classes by their numbers
-        classes = [str(c) for c in range(max(train[label_column]) + 1)]
-    missing = [c for c in (image_column, label_column) if c not in loaded[val_name].column_names]
+    missing = [c for c in (image_column, label_column) if c not in val.column_names]
     if missing:
         raise DatasetError(f"{where}: the {val_name!r} split has no {', '.join(missing)} column")
+    scales = [_image_check(hf, split, name, image_column, where) for name, split in (("train", train), (val_name, val))]
+
+    notes = []
+    feature, val_feature = train.features[label_column], val.features[label_column]
+    train_codes = val_codes = None
+    if isinstance(feature, hf.ClassLabel):
+        classes = list(feature.names)
+        if isinstance(val_feature, hf.ClassLabel) and list(val_feature.names) != classes:
+            extra = [c for c in val_feature.names if c not in classes]
+            if extra:
+                raise DatasetError(f"{where}: the {val_name!r} split's classes {extra} do not exist in 'train' "
+                                   f"(classes: {', '.join(classes)})")
+            index = {c: i for i, c in enumerate(classes)}
+            val_codes = {j: index[c] for j, c in enumerate(val_feature.names)}
+            val_codes[-1] = -1  # unlabelled stays out of range, refused below
+            notes.append(f"{where}: the {val_name!r} split lists the classes in another order; its labels "
+                         f"are remapped by name to train's")
+    elif isinstance(feature, hf.Value) and feature.dtype in ("string", "large_string"):
+        classes = sorted(set(_labels(train, label_column)))
+        train_codes = {c: i for i, c in enumerate(classes)}
+        if isinstance(val_feature, hf.ClassLabel):
+            val_labels = list(val_feature.names)
+            val_codes = {j: train_codes.get(c, -2) for j, c in enumerate(val_labels)}
+            val_codes[-1] = -1
+        else:
+            val_labels = sorted(set(_labels(val, label_column)))
+            val_codes = dict(train_codes)
+        unknown = [c for c in val_labels if c not in train_codes]
+        if unknown:
+            raise DatasetError(f"{where}: the {val_name!r} split has labels {unknown[:10]} in column "
+                               f"{label_column!r} that 'train' lacks (classes: {', '.join(map(str, classes[:20]))})")
+        shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
+        notes.append(f"{where}: string labels in column {label_column!r}, class-encoded in sorted order: {shown}")
+    elif isinstance(feature, hf.Value) and feature.dtype.startswith(("int", "uint")):
+        top = max(_labels(train, label_column))
+        classes = [str(c) for c in range(max(int(top), 0) + 1)]
+    else:
+        raise DatasetError(f"{where}: the label column {label_column!r} holds {feature!r}; expected a ClassLabel, "
+                           f"integers or strings")
+    for name, split, codes in (("train", train, train_codes), (val_name, val, val_codes)):
+        _check_range((lambda v: v) if codes is None else (lambda v, c=codes: c.get(v, -2) if v is not None else -1),
+                     split, name, label_column, len(classes), where)
     description = f"{HF_PREFIX}{source}"
-    return (HFImages(train, image_column, label_column, description + ":train"),
-            HFImages(loaded[val_name], image_column, label_column, f"{description}:{val_name}"), classes)
+    return (HFImages(train, image_column, label_column, description + ":train", train_codes, scales[0]),
+            HFImages(val, image_column, label_column, f"{description}:{val_name}", val_codes, scales[1]),
+            classes, notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,6 +618,7 @@ class Splits:
     val: Dataset
     classes: list[str]
     traits: Traits
+    notes: tuple = ()  # lines for the run's log: how the labels were read (hf: string labels ...)
 
     # The traits by name, as the transforms take them.
     low_res = property(lambda self: self.traits.low_res)
@@ -530,10 +687,11 @@ def load_splits(
             raise DatasetError(f"--dataset {name} needs --data-dir (where the dataset is, or is downloaded to)")
         train, val, classes = mnist(name, data_dir)
     elif name.startswith(HF_PREFIX):
-        train, val, classes = hugging_face(name[len(HF_PREFIX):])
-        side = min(train[0][0].size) if len(train) else 224
-        traits = Traits(size=side) if side <= 64 else Traits(low_res=False)  # CIFAR-sized images, or photos
-        return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), classes, traits)
+        train, val, classes, notes = hugging_face(name[len(HF_PREFIX):])
+        side = min(train[0][0].size)
+        # CIFAR-sized images: upsampled, shifted and flipped like CIFAR unless told (HF_SMALL); else photos
+        traits = Traits(size=side, **HF_SMALL) if side <= 64 else Traits(low_res=False)
+        return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), classes, traits, tuple(notes))
     elif name == "imagefolder":
         if data_dir is None:
             raise DatasetError("--dataset imagefolder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/")

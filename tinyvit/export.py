@@ -12,7 +12,8 @@ them (the manifest's SHA-256, NaN and non-float weights), and the preprocessing 
 the run evaluates with. The folder is written beside --out under a hidden name and renamed to
 --out at the end, so a killed export never leaves a folder that loads.
 
-The two layouts (../shared/reference/WEIGHTS.md sections 2 and 3):
+The two layouts (transformers' `models/vit/modeling_vit.py` and `convert_vit_timm_to_pytorch.py`; timm's
+`vision_transformer.py` and `_hub.py` `push_to_hf_hub`):
 
     hf    config.json              transformers' ViTConfig (DeiTConfig for a distilled DeiT): widths,
                                    LayerNorm eps, hidden_act, image and patch size, id2label/label2id
@@ -41,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -315,43 +315,24 @@ def timm_model_args(model: nn.Module) -> tuple[str, dict]:
     args = dict(
         img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_channels, embed_dim=cfg.dim,
         depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_dim / cfg.dim, qkv_bias=cfg.qkv_bias,
-        class_token=cfg.class_token, global_pool="token" if cfg.pool == "cls" else "avg", fc_norm=cfg.fc_norm,
+        class_token=cfg.class_token, global_pool=model.global_pool, fc_norm=cfg.fc_norm,
     )
     if cfg.act == "gelu_tanh":
         args["act_layer"] = "gelu_tanh"
     return (names[0] if names else base), args
 
 
-def _crop_pct(pre: Preprocess) -> tuple[float, str]:
-    """timm's (crop_pct, crop_mode) for `pre`: it resizes to floor(size / crop_pct) and crops."""
-    if pre.resize_size is None:
-        return 1.0, "squash"  # straight to the square, nothing cut
-    pct = pre.image_size / pre.resize_size
-    for candidate in (pct, math.nextafter(pct, 0.0), round(pct, 6)):  # floor() must land on resize_size
-        if math.floor(pre.image_size / candidate) == pre.resize_size:
-            return candidate, "center"
-    raise ExportError(f"no crop_pct gives resize_size={pre.resize_size} for image_size={pre.image_size} in timm")
-
-
 def timm_config(model: nn.Module, classes: Optional[list] = None) -> dict:
     """timm's hub config.json (the layout `timm.models.push_to_hf_hub` writes)."""
     name, args = timm_model_args(model)
-    pre, n = model.preprocess, model.cfg.num_classes
-    crop_pct, crop_mode = _crop_pct(pre)
-    is_vit = isinstance(model, VisionTransformer)
-    head = ("head" if not model.cfg.distilled else ["head", "head_dist"]) if is_vit else "fc"
-    pretrained_cfg = {
-        "input_size": [model.cfg.in_channels, pre.image_size, pre.image_size],
-        "fixed_input_size": is_vit,
-        "interpolation": pre.interpolation,
-        "crop_pct": crop_pct,
-        "crop_mode": crop_mode,
-        "mean": list(pre.mean),
-        "std": list(pre.std),
-        "num_classes": n,
-        "first_conv": "patch_embed.proj" if is_vit else "conv1",
-        "classifier": head,
-    }
+    n = model.cfg.num_classes
+    try:  # the model's own pretrained_cfg (tinyvit/vit.py, tinyvit/resnet.py): one implementation
+        cfg = model.pretrained_cfg
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    keys = ("input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
+            "num_classes", "first_conv", "classifier")
+    pretrained_cfg = {k: list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k] for k in keys}
     config = {
         "architecture": name,
         "num_classes": n,

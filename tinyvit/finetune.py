@@ -21,7 +21,8 @@ is a small MLP; here it is the model's own linear head, re-initialised.)
 --unfreeze last is the default (head, N or all are the other modes, see tinyvit/freeze.py), and
 --no-augment lets every epoch after the first train on cached features.
 
-What to expect (USERS.md 1.9). With CIFAR-10 upsampled to 224 and the checkpoint's own
+What to expect (google-research/vision_transformer#84, NielsRogge/Transformers-Tutorials#297,
+facebookresearch/deit#45). With CIFAR-10 upsampled to 224 and the checkpoint's own
 normalisation, last-block fine-tuning of ViT-B/16 or DeiT-B lands in the mid-to-high 90s (full
 fine-tuning reaches 97-99%); the paper reports the CNN baselines below the transformers (its
 exact figures are not reproduced here). Below about 90% for the ViT, suspect a bug before the
@@ -32,8 +33,8 @@ Defaults, and why:
 - AdamW over the trainable parameters only, no weight decay on biases, norms and tokens; weight
   decay 0.05 (DeiT's fine-tuning value) on the rest.
 - Learning rate by how much trains (batch 128): 1e-3 for the head alone (a linear probe tolerates
-  a large step), 1e-4 when blocks train (USERS.md 1.5: 1e-4 to 3e-4 for last block + head; 1e-2
-  made a pretrained ViT predict one class), 2e-5 for everything (full fine-tuning of ViT-B is
+  a large step), 1e-4 when blocks train (lucidrains/vit-pytorch#55 starts near 3e-4; at 1e-2 a
+  pretrained ViT predicted one class, lucidrains/vit-pytorch#34), 2e-5 for everything (full fine-tuning of ViT-B is
   best at 1e-5 to 2e-5 and degrades at 5e-5: NielsRogge/Transformers-Tutorials#297). These come
   from the literature; they were not tuned here.
 - Linear warm-up (one epoch, or a tenth of a shorter run, always short of the whole run;
@@ -126,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--resume although the dataset differs from the one the run began with")
     p.add_argument("--num-workers", type=_at_least_zero(int), help="data loading processes (0: in the main process; default: min(8, CPUs per process))")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip (enables training on cached features)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction,
+                   help="horizontal flips in the augmentation (default: the dataset's: on for CIFAR, photos, "
+                        "synthetic and small hf: images; off for digits and MNIST)")
+    p.add_argument("--shift", action=argparse.BooleanOptionalAction,
+                   help="random shifts of a low-res source by an eighth of its side (default: the dataset's: "
+                        "on, off for digits)")
     p.add_argument("--cache", choices=("auto", "off", "device", "memory", "disk"),
                    help="keep the frozen prefix's outputs: auto (default) whenever possible, or force where, or off")
     p.add_argument("--limit-train", type=int, help="train on a fixed random subset of N images")

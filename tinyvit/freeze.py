@@ -15,7 +15,8 @@ so "head" is N = 0 and "last" is N = 1. ViT's final LayerNorm trains in every mo
 block, and its per-feature scale and shift are what adapts the frozen features to the new head most
 cheaply (the ResNet has no such norm; its last BatchNorm sits inside layer4).
 
-Freezing is where fine-tuning scripts most often go quietly wrong (USERS.md 1.3, 1.6):
+Freezing is where fine-tuning scripts most often go quietly wrong (kdexd/virtex#16: BatchNorm statistics
+updated in a "frozen" backbone; CSCYQJ/MICCAI23-ProtoContra-SFDA#18: `module.requires_grad = False`):
 - every frozen parameter gets `requires_grad_(False)` (setting a module's `requires_grad`
   attribute freezes nothing);
 - the frozen modules stay in eval mode through `model.train()`: their `train` is replaced by one
@@ -41,7 +42,6 @@ from tinyvit.resnet import ResNet
 from tinyvit.vit import VisionTransformer
 
 MODES = ("head", "last", "all")  # or a number N of final blocks / stages
-NO_DECAY = ("cls_token", "dist_token", "pos_embed")  # tokens: 3-d, but as much "biases" as the 1-d ones
 
 
 def parse_mode(text: Union[str, int]) -> Union[str, int]:
@@ -112,7 +112,17 @@ class Split(nn.Module):
         self.model = model
         self.frozen_depth = frozen_depth
         self.mode = mode
-        self.both_heads = False  # DeiT distilled in training: return both heads (distillation needs them)
+
+    @property
+    def both_heads(self) -> bool:
+        """DeiT distilled in training: both heads' logits (distillation needs them), else their mean.
+        The model's own switch, timm's set_distilled_training."""
+        return getattr(self.model, "distilled_training", False)
+
+    @both_heads.setter
+    def both_heads(self, enable: bool) -> None:
+        if hasattr(self.model, "set_distilled_training"):
+            self.model.set_distilled_training(enable)
 
     @property
     def is_vit(self) -> bool:
@@ -145,11 +155,9 @@ class Split(nn.Module):
             for stage in m.stages[k:]:
                 x = stage(x)
             out = m.forward_head(x)
-        if isinstance(out, tuple) and not self.both_heads:
-            # DeiT distilled, in training mode: the class and distillation heads' logits. With no
-            # teacher here, both heads learn the labels and predict by their mean, as DeiT evaluates
-            # (facebookresearch/deit#82, the "both heads" option).
-            out = (out[0] + out[1]) / 2
+        # DeiT distilled: the mean of the two heads unless both_heads (the model's distilled_training)
+        # is on; with no teacher, both heads learn the labels and predict by their mean, as DeiT
+        # evaluates (facebookresearch/deit#82, the "both heads" option).
         return out
 
     # -- reporting ----------------------------------------------------------------------------
@@ -166,7 +174,7 @@ class Split(nn.Module):
             return []
         names = [name for name, _ in _prefix_modules(self.model, self.frozen_depth)]
         if self.is_vit:
-            names += [t for t in NO_DECAY if isinstance(getattr(self.model, t, None), nn.Parameter)]
+            names += [t for t in sorted(self.model.no_weight_decay()) if isinstance(getattr(self.model, t, None), nn.Parameter)]
         return names
 
     def describe(self) -> str:
@@ -225,12 +233,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups over the trainable parameters only: weight decay on weight matrices and conv
     kernels; none on biases, norm scales and shifts (1-d) and the tokens (lucidrains/vit-pytorch#55,
-    timm's `no_weight_decay`)."""
+    the model's `no_weight_decay()`, timm's call, which timm's create_optimizer_v2 reads too)."""
+    skip = getattr(model, "no_weight_decay", set)()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name in NO_DECAY else decay).append(p)
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},

@@ -1,6 +1,7 @@
 """Official weights for the presets: where each comes from, how it is cached and verified.
 
-A plain table from preset name to one source (WEIGHTS.md sections 3.2, 3.3, 5 and 6):
+A plain table from preset name to one source (the URLs and hub ids of timm's `default_cfgs` in
+vision_transformer.py and deit.py, and torchvision's weight enums in models/resnet.py):
 - a URL whose file name ends in `-<first hex digits of its sha256>.pth` (torchvision, DeiT): downloaded
   once into `torch.hub.get_dir()/checkpoints` by `torch.hub.download_url_to_file`, which checks the
   hash before moving the file into place; a cached file is checked again before use;

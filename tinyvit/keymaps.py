@@ -3,14 +3,16 @@
 tinyvit's module names are timm's (tinyvit/vit.py), so a checkpoint of any other family loads once
 its keys are renamed, and a few tensors re-laid out, through one short table per family. A table
 reads in the order of the model (embedding, blocks, final norm, heads), one row per tensor pattern:
-the source name, the tinyvit name, the layout transform. The families, and where their layouts are
-documented (../shared/reference/WEIGHTS.md):
+the source name, the tinyvit name, the layout transform. The families, and the source that defines
+each layout:
 
-    google       vit_jax / AugReg .npz                                     WEIGHTS.md section 1
-    hf           Hugging Face ViT, ViTModel, DeiT (classic and v5 names)   section 2
-    timm         timm / original DeiT .pth, timm hub safetensors          section 3
-    torchvision  torchvision VisionTransformer                            section 4
-    resnet       torchvision ResNet-18/34/50                              section 5
+    google       vit_jax / AugReg .npz                     google-research/vision_transformer vit_jax/models_vit.py
+                                                           (timm's _load_weights reads the same files)
+    hf           Hugging Face ViT, ViTModel, DeiT          transformers models/vit/modeling_vit.py, models/deit/
+                 (classic and v5 names)                    (conversion_mapping.py for v5's in-memory names)
+    timm         timm / original DeiT .pth, hub safetensors timm vision_transformer.py, deit.py; facebookresearch/deit models.py
+    torchvision  torchvision VisionTransformer             torchvision models/vision_transformer.py
+    resnet       torchvision ResNet-18/34/50               torchvision models/resnet.py
     tinyvit      a directory written by `save_pretrained`: no table, the names are tinyvit's
 
 `map_keys(ckpt)` runs a checkpoint through its family's table and returns a `Mapped`: the renamed
@@ -93,7 +95,7 @@ GOOGLE_NPZ = [
 
 # Hugging Face, after dropping the `vit.` / `deit.` prefix. Both spellings of a block: the classic
 # names stored on the hub (`encoder.layer.N...`) and transformers >= 5.9's in-memory names
-# (`layers.N...`, WEIGHTS.md 2.3).
+# (`layers.N...`, transformers' `conversion_mapping.py`).
 _L, _L5 = "encoder.layer.{i}", "layers.{i}"
 HUGGING_FACE = [
     ("embeddings.cls_token",                           "cls_token",                       same),

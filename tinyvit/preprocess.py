@@ -2,8 +2,9 @@
 
 Every preset and every loaded checkpoint carries one of these (torchvision's habit: weights know
 their transforms). They differ in ways that cost accuracy when mixed up: Google's ViT weights
-expect pixels in [-1, 1] (mean = std = 0.5), DeiT and torchvision the ImageNet statistics
-(see ../shared/reference/WEIGHTS.md, sections 1.3, 3.3, 4 and 5).
+expect pixels in [-1, 1] (mean = std = 0.5: google-research/vision_transformer `vit_jax/input_pipeline.py`,
+`(im - 127.5) / 127.5`), DeiT and torchvision the ImageNet statistics (facebookresearch/deit `datasets.py`,
+torchvision `transforms/_presets.py` `ImageClassification`).
 """
 from __future__ import annotations
 
@@ -57,6 +58,23 @@ class Preprocess:
         if self.resize_size is not None:
             resize = round(self.resize_size * image_size / self.image_size)
         return replace(self, image_size=image_size, resize_size=resize)
+
+    def timm_crop(self) -> tuple[float, str]:
+        """timm's (crop_pct, crop_mode) for this recipe: timm resizes to floor(size / crop_pct) and
+        centre-crops ('squash' at 1.0: straight to the square, nothing cut)."""
+        if self.resize_size is None:
+            return 1.0, "squash"
+        pct = self.image_size / self.resize_size
+        for candidate in (pct, math.nextafter(pct, 0.0), round(pct, 6)):  # floor() must land on resize_size
+            if math.floor(self.image_size / candidate) == self.resize_size:
+                return candidate, "center"
+        raise ValueError(f"no crop_pct gives resize_size={self.resize_size} for image_size={self.image_size} in timm")
+
+    def timm_cfg(self, in_channels: int = 3) -> dict:
+        """The preprocessing part of timm's pretrained_cfg (what timm.data.resolve_data_config reads)."""
+        crop_pct, crop_mode = self.timm_crop()
+        return dict(input_size=(in_channels, self.image_size, self.image_size), interpolation=self.interpolation,
+                    crop_pct=crop_pct, crop_mode=crop_mode, mean=tuple(self.mean), std=tuple(self.std))
 
     def to_dict(self) -> dict:
         d = asdict(self)

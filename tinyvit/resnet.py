@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tinyvit.checks import check_input_dtype, check_int, is_int, take_indices
 
@@ -119,8 +120,10 @@ class ResNet(nn.Module):
 
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = cin
+        self.global_pool = "avg"  # timm's name: "avg", or "" (forward_head returns the feature map)
         self.fc = nn.Linear(cin, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.preprocess = None  # set by create_model / load_pretrained
+        self.grad_checkpointing = False  # set_grad_checkpointing
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -151,23 +154,43 @@ class ResNet(nn.Module):
         self.check_input(x)
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
+    def run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One stage; with set_grad_checkpointing, in training with autograd on, each block's
+        activations are recomputed in the backward instead of stored (timm's checkpoint_seq)."""
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
+            return stage(x)
+        for blk in stage:
+            x = checkpoint(blk, x, use_reentrant=False)
+        return x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> the last feature map [b, C, H/32, W/32]."""
         x = self.stem(x)
         for stage in self.stages:
-            x = stage(x)
+            x = self.run_stage(stage, x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "":
+            return x  # timm's global_pool='': the feature map itself [b, C, h, w]
         x = torch.flatten(self.avgpool(x), 1)  # [b, C]
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int) -> "ResNet":
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> "ResNet":
+        """A new fc for `num_classes` (0: none). global_pool, timm's: 'avg', or '' with no fc for
+        the unpooled feature map (feature extraction); None keeps the current one."""
         if not is_int(num_classes) or num_classes < 0:
             raise ValueError(f"num_classes={num_classes!r}; expected an integer >= 0 (0: no fc)")
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool={global_pool!r}; expected 'avg' or '' (no pooling)")
+            if global_pool == "" and num_classes:
+                raise ValueError(f"global_pool='' with num_classes={num_classes}: the unpooled feature map "
+                                 f"has no classifier; use num_classes=0")
+            self.global_pool = global_pool
         self.cfg.num_classes = num_classes
         if num_classes == 0:
             self.fc = nn.Identity()
@@ -184,6 +207,38 @@ class ResNet(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.fc
+
+    @property
+    def head_hidden_size(self) -> int:
+        return self.num_features
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """What forward_intermediates returns, as timm lists it (tinyvit's module names)."""
+        width = 4 if self.cfg.block == "bottleneck" else 1
+        info = [dict(num_chs=64, reduction=2, module="relu")]
+        return info + [dict(num_chs=c * width, reduction=r, module=f"layer{i + 1}")
+                       for i, (c, r) in enumerate(zip((64, 128, 256, 512), (4, 8, 16, 32)))]
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm's pretrained_cfg, built from `preprocess` (timm.data.resolve_data_config reads it)."""
+        out = dict(num_classes=self.cfg.num_classes, first_conv="conv1", classifier="fc", fixed_input_size=False)
+        if self.preprocess is not None:
+            out.update(self.preprocess.timm_cfg(self.cfg.in_channels))
+        return out
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups for layer-wise lr decay: the stem, then each block (coarse: each stage)."""
+        return dict(stem=r"^conv1|bn1|maxpool", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward (timm's call; returns None as timm's)."""
+        self.grad_checkpointing = bool(enable)
 
     def forward_intermediates(
         self,
@@ -206,7 +261,7 @@ class ResNet(nn.Module):
         x = self.maxpool(x)
         stages = self.stages[: max(take)] if stop_early else self.stages
         for i, stage in enumerate(stages, start=1):
-            x = stage(x)
+            x = self.run_stage(stage, x)
             if i in take:
                 intermediates.append(x)
         if intermediates_only:

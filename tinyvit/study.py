@@ -36,6 +36,7 @@ already there counts only if its recorded config is the one this command plans f
 pass-through flag is refused, naming it), and its summary.json and metrics.jsonl are read only
 after they are checked against the run's manifest. The study's own flags (--seed, --limit-train,
 ...) are refused in the pass-through and in every model's flags, and a seed listed twice is refused.
+Each run's output (its finetune command line, epoch table, errors) goes to --out/logs/<run>.log.
 At the end: results.csv (one row per run), results.md (mean ± std over seeds) and scaling.png (accuracy
 against training-set size, one line per model, log x) or sweep.png (grouped bars). Runs are
 sequential in this process by default; `--jobs N` runs N finetune processes at once.

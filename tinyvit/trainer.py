@@ -72,6 +72,8 @@ class Config:
     allow_data_change: bool = False  # --resume on data whose fingerprint changed (tinyvit/rundir.py)
     num_workers: Optional[int] = None  # None: min(8, CPUs per process)
     augment: bool = True
+    flip: Optional[bool] = None  # horizontal flips in the augmentation; None: the dataset's default
+    shift: Optional[bool] = None  # random shifts of a low-res source; None: the dataset's default
     cache: str = "auto"
     limit_train: Optional[int] = None
     limit_val: Optional[int] = None
@@ -151,7 +153,7 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
     if size != native:
         if size < native:
             warn(f"--image-size {size} is below the checkpoint's {native}: the weights saw {native}-pixel images "
-                 f"and accuracy suffers (USERS.md 1.1, 1.4); 32-pixel datasets are upsampled to --image-size")
+                 f"and accuracy suffers; 32-pixel datasets are upsampled to --image-size")
         if hasattr(model, "set_image_size"):
             model.set_image_size(size)  # resamples the position embedding
         else:  # a ResNet takes any size: only the preprocessing changes
@@ -198,6 +200,9 @@ def build_data(cfg: Config) -> data.Splits:
     )
     if len(splits.train) == 0 or len(splits.val) == 0:
         raise data.DatasetError(f"{cfg.dataset}: {len(splits.train)} training and {len(splits.val)} validation images")
+    given = {name: getattr(cfg, name) for name in ("flip", "shift") if getattr(cfg, name) is not None}
+    if given:  # --flip / --no-shift ...: the run overrides the dataset's default
+        splits.traits = replace(splits.traits, **given)
     return splits
 
 
@@ -360,6 +365,8 @@ class Trainer:
         random.seed(cfg.seed)
         self.splits = build_data(cfg)
         self.classes = self.splits.classes
+        for note in self.splits.notes:  # how the labels were read (hf: string labels ...)
+            self.log(note)
         self.model, self.split = build_model(cfg, self.classes, resume_state, device, self.warn)
         self.preprocess = self.model.preprocess  # at the training resolution
         self.distiller = build_teacher(cfg, self.classes, self.preprocess, self.splits.low_res, self.split, device)

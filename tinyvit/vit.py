@@ -21,7 +21,7 @@ computed for the prefix tokens alone. It is the same arithmetic, not an approxim
 the last block costs about 6x fewer FLOPs (tinyvit/flops.py). `forward_features` still returns
 every token.
 
-Why one file of ~670 lines (the library's longest): it is one model read top to bottom, the config
+Why one file of ~800 lines (the library's longest): it is one model read top to bottom, the config
 and its checks, the modules, then VisionTransformer with the switches and timm's feature interface
 its users reach for. Splitting those off would send the reader between files for one model.
 """
@@ -44,6 +44,8 @@ from tinyvit.token_learner import TokenLearner
 
 
 KERNELS = ("auto", "triton", "torch", "reference")
+POOLS = {"token": "cls", "avg": "mean", "": "none"}  # timm's global_pool -> ViTConfig.pool
+NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "dist_token")  # timm's no_weight_decay(), less reg_token
 
 
 @dataclass
@@ -60,7 +62,9 @@ class ViTConfig:
     patch_embed: str = "conv"  # "conv" (strided Conv2d) or "linear" (Linear over flattened patches)
     pos_embed: str = "learned"  # "learned" or "sincos" (fixed 2-D sin-cos, not a parameter)
     class_token: bool = True
-    pool: str = "cls"  # "cls" (the class token) or "mean" (mean of the patch tokens)
+    # "cls" (the class token), "mean" (mean of the patch tokens) or "none" (no pooling: forward_head
+    # returns every token, timm's global_pool=''; for feature extraction, set by reset_classifier)
+    pool: str = "cls"
     # Where the final LayerNorm sits. False: normalise every token, then pool (the paper, big_vision).
     # True: pool, then normalise the pooled vector (timm's `fc_norm`, global_pool='avg', as MAE's
     # fine-tuning does); `norm` is then the identity and the LayerNorm is `fc_norm`, as in timm.
@@ -109,7 +113,7 @@ class ViTConfig:
         for field, allowed in [
             ("patch_embed", ("conv", "linear")),
             ("pos_embed", ("learned", "sincos")),
-            ("pool", ("cls", "mean")),
+            ("pool", ("cls", "mean", "none")),
             ("act", ("gelu", "gelu_tanh")),
             ("kernels", KERNELS),
         ]:
@@ -287,8 +291,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.proj_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: Optional[int] = None):
-        """x [b, n, d] -> [b, n, d]; with num_queries = m, only the first m tokens ask: -> [b, m, d]."""
+    def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: Optional[int] = None,
+                attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        """x [b, n, d] -> [b, n, d]; with num_queries = m, only the first m tokens ask: -> [b, m, d].
+
+        attn_mask (boolean, True = attend, or additive, broadcastable to [b, h, n, n]) and is_causal
+        are timm's and F.scaled_dot_product_attention's; with either, PyTorch's attention runs.
+        """
         if num_queries is None:
             qkv = self.qkv(x)  # [b, n, 3 d]
             # Views into qkv, no copy: the fused kernel reads them through their strides.
@@ -302,7 +311,15 @@ class Attention(nn.Module):
             kv = F.linear(x, w[d:], None if bias is None else bias[d:])  # [b, n, 2 d]
             q = rearrange(q, "b m (h dh) -> b h m dh", h=self.num_heads)
             k, v = rearrange(kv, "b n (two h dh) -> two b h n dh", two=2, h=self.num_heads)
-        if return_attention or (self.training and self.attn_drop.p > 0):
+        if attn_mask is not None or is_causal:
+            if return_attention:
+                raise ValueError("attention maps with attn_mask or is_causal are not supported")
+            attn = None
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
+                dropout_p=self.attn_drop.p if self.training else 0.0,
+            )
+        elif return_attention or (self.training and self.attn_drop.p > 0):
             # The explicit path: a fused kernel never materialises the n x n probabilities, so
             # attention maps (and dropout on them) need the plain computation.
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # [b, h, m or n, n]
@@ -354,8 +371,10 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.token_learner = None  # a TokenLearner closing this block; set by VisionTransformer
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: Optional[int] = None):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: Optional[int] = None,
+                attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
         """x [b, n, d] -> [b, n, d]. num_queries = m: only the first m tokens come out, [b, m, d].
+        attn_mask, is_causal: as Attention.forward (timm's Block takes them too).
 
         Every token is still a key and a value for them; what is per-token after the attention
         (residual, norm2, MLP) runs for those m alone. The model uses it in its last block, whose
@@ -370,7 +389,7 @@ class Block(nn.Module):
             a = self.attn(self.norm1(x), num_queries=num_queries)  # [b, m, d]
             x = x[:, :num_queries] + self.drop_path(a)
             return x + self.drop_path(self.mlp(self.norm2(x)))
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal))
         return self.reduce(x + self.drop_path(self.mlp(self.norm2(x))))
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
@@ -421,6 +440,7 @@ class VisionTransformer(nn.Module):
             self.head_dist = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.preprocess = None  # set by create_model / load_pretrained: how the weights expect images
         self.grad_checkpointing = False  # set_grad_checkpointing
+        self.distilled_training = False  # set_distilled_training: a DeiT returns both heads in training
         self.reset_parameters()
         self.set_kernels(cfg.kernels)
 
@@ -473,15 +493,19 @@ class VisionTransformer(nn.Module):
         x = torch.cat(prefix + [x], dim=1)  # [b, prefix + gh*gw, d]: [cls, dist, patches]
         return self.pos_drop(x + self.pos_embed.to(x.dtype))
 
-    def run_blocks(self, x: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, start: int = 0, stop: Optional[int] = None,
+                   attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
         """Tokens through blocks[start:stop], every token kept. With set_grad_checkpointing, in training
-        with autograd on, each block's activations are recomputed in the backward instead of stored."""
+        with autograd on, each block's activations are recomputed in the backward instead of stored.
+        attn_mask / is_causal: passed to every block's attention (timm's arguments)."""
         for blk in self.blocks[start:stop]:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
+            x = self._block(blk, x, attn_mask, is_causal)
         return x
+
+    def _block(self, blk: "Block", x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(blk, x, attn_mask=attn_mask, is_causal=is_causal, use_reentrant=False)
+        return blk(x, attn_mask=attn_mask, is_causal=is_causal)
 
     @property
     def head_tokens(self) -> Optional[int]:
@@ -504,20 +528,26 @@ class VisionTransformer(nn.Module):
         x = self.run_blocks(x, start, depth - 1)
         return self.norm(self.blocks[-1](x, num_queries=self.head_tokens))
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> tokens [b, n, d], every token (normalised; with fc_norm not yet, as timm)."""
-        return self.norm(self.run_blocks(self.embed(x)))
+    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                         is_causal: bool = False) -> torch.Tensor:
+        """Images -> tokens [b, n, d], every token (normalised; with fc_norm not yet, as timm).
+        attn_mask / is_causal: timm's, for every block's attention."""
+        return self.norm(self.run_blocks(self.embed(x), attn_mask=attn_mask, is_causal=is_causal))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Tokens [b, n, d] from forward_features -> logits [b, classes] (pre_logits=True: the
         pooled features, the input of the head).
 
-        DeiT distilled: in training, both heads' logits (class token, distillation token); in
-        eval, their mean, as the DeiT paper evaluates. Its pooled features are the mean of the
-        two tokens, as timm's (what the heads average when they are the identity).
+        DeiT distilled: the mean of its two heads' logits (class token, distillation token), as the
+        DeiT paper evaluates and timm returns by default; both, as a tuple, in training after
+        set_distilled_training(True) (what distillation needs, tinyvit/distill.py). Its pooled
+        features are the mean of the two tokens, as timm's (what the heads average when they are the
+        identity). pool="none" (timm's global_pool=''): every token, unpooled.
         """
         if self.cfg.pool == "mean":
             feats = x[:, self.num_prefix_tokens:].mean(dim=1)
+        elif self.cfg.pool == "none" and self.head_dist is None:
+            feats = x
         else:
             feats = x[:, 0]
         if self.fc_norm is not None:
@@ -530,7 +560,7 @@ class VisionTransformer(nn.Module):
         if self.head_dist is None:
             return logits
         logits_dist = self.head_dist(x[:, 1])
-        if self.training:
+        if self.distilled_training and self.training:
             return logits, logits_dist
         return (logits + logits_dist) / 2
 
@@ -562,15 +592,20 @@ class VisionTransformer(nn.Module):
                 m.kernels = mode
         return self
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "VisionTransformer":
-        """Recompute each block's activations in the backward instead of keeping them (timm's name).
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward instead of keeping them (timm's call,
+        which returns None as timm's does).
 
         Training memory for the blocks falls from all their intermediate activations to one [b, n, d]
         input per block, for about one more forward of compute (torch.utils.checkpoint, non-reentrant).
         Only in training with autograd on; eval and inference are unchanged.
         """
         self.grad_checkpointing = bool(enable)
-        return self
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """A distilled DeiT in training mode returns (class-head, distillation-head) logits instead
+        of their mean: timm's call and default (off), which tinyvit's distillation turns on."""
+        self.distilled_training = bool(enable)
 
     def set_image_size(self, image_size: int) -> "VisionTransformer":
         """Serve another image size: resample the position embedding over the new patch grid."""
@@ -593,21 +628,40 @@ class VisionTransformer(nn.Module):
             self.preprocess = self.preprocess.with_image_size(image_size)
         return self
 
+    def set_input_size(self, img_size=None, patch_size=None) -> None:
+        """timm's name for set_image_size: img_size an int or a square (h, w); the patch size stays
+        (timm can resample the patch embedding too; tinyvit refuses a different one)."""
+        if patch_size is not None:
+            p = (patch_size, patch_size) if is_int(patch_size) else tuple(patch_size)
+            if p != (self.cfg.patch_size, self.cfg.patch_size):
+                raise ValueError(f"set_input_size(patch_size={patch_size!r}): tinyvit keeps the patch size "
+                                 f"({self.cfg.patch_size}); only img_size can change")
+        if img_size is None:
+            return
+        if not is_int(img_size):
+            h, w = tuple(img_size)
+            if h != w:
+                raise ValueError(f"set_input_size(img_size={img_size!r}): tinyvit's ViT takes square images")
+            img_size = h
+        self.set_image_size(img_size)
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> "VisionTransformer":
         """New, freshly initialised head(s) for `num_classes` classes (0: none); global_pool, as
-        in timm: 'token' (pool='cls') or 'avg' (pool='mean') changes the pooling too."""
+        in timm: 'token' (pool='cls'), 'avg' (pool='mean') or '' (pool='none': every token, as
+        timm's feature extraction asks with reset_classifier(0, '')) changes the pooling too. A
+        distilled DeiT takes None, '' or 'token' and keeps reading its two tokens, as timm's."""
         cfg = self.cfg
         if not is_int(num_classes) or num_classes < 0:
             raise ValueError(f"num_classes={num_classes!r}; expected an integer >= 0 (0: no head)")
         if global_pool is not None:
-            pools = {"token": "cls", "avg": "mean"}
-            if global_pool not in pools:
-                raise ValueError(f"global_pool={global_pool!r}; expected 'token' or 'avg'")
+            if global_pool not in POOLS:
+                raise ValueError(f"global_pool={global_pool!r}; expected 'token', 'avg' or ''")
             if global_pool == "token" and not cfg.class_token:
                 raise ValueError("global_pool='token' needs a class token; this model has none")
-            if global_pool == "avg" and cfg.distilled:
+            if cfg.distilled and global_pool == "avg":
                 raise ValueError("global_pool='avg' on a distilled DeiT: its heads read the class and distillation tokens")
-            cfg.pool = pools[global_pool]
+            if not cfg.distilled:
+                cfg.pool = POOLS[global_pool]
         cfg.num_classes = num_classes
         dev = self.cls_token.device if self.cls_token is not None else self.pos_embed.device
         width = cfg.pre_logits or cfg.dim
@@ -633,6 +687,63 @@ class VisionTransformer(nn.Module):
         return self.cfg.dim
 
     @property
+    def embed_dim(self) -> int:
+        return self.cfg.dim
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of what the head reads (the pre-logits layer's, for Google's in21k files)."""
+        return self.cfg.pre_logits or self.cfg.dim
+
+    @property
+    def has_class_token(self) -> bool:
+        return self.cfg.class_token
+
+    @property
+    def global_pool(self) -> str:
+        """timm's name for the pooling: 'token', 'avg' or ''."""
+        return {v: k for k, v in POOLS.items()}[self.cfg.pool]
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """What forward_intermediates returns per block, as timm lists it: module, channels, stride."""
+        return [dict(module=f"blocks.{i}", num_chs=self.cfg.dim, reduction=self.cfg.patch_size)
+                for i in range(len(self.blocks))]
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm's pretrained_cfg, built from `preprocess` (resolution, resize and crop, mean/std),
+        so timm.data.resolve_data_config(model=m) gives the transform these weights expect.
+        Without a preprocess only the input size is known and timm falls back to its defaults."""
+        cfg = self.cfg
+        out = dict(input_size=(cfg.in_channels, cfg.image_size, cfg.image_size), fixed_input_size=True,
+                   num_classes=cfg.num_classes, first_conv="patch_embed.proj",
+                   classifier="head" if self.head_dist is None else ("head", "head_dist"))
+        if self.preprocess is not None:
+            out.update(self.preprocess.timm_cfg(cfg.in_channels))
+        return out
+
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name for pretrained_cfg."""
+        return self.pretrained_cfg
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that take no weight decay beyond the 1-d ones (biases, norms): the tokens and
+        the position table, timm's names (its create_optimizer_v2 reads this; so does
+        tinyvit.freeze.param_groups). A sin-cos table is a buffer, never decayed."""
+        return set(NO_WEIGHT_DECAY)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups for layer-wise lr decay: the embedding (stem) first, then one
+        group per block, the final norm with the last block; unmatched (heads, fc_norm, pre_logits)
+        go last. The same regular expressions as timm's VisionTransformer, DeiT's dist_token added."""
+        return dict(
+            stem=r"^cls_token|dist_token|pos_embed|patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
+    @property
     def num_classes(self) -> int:
         return self.cfg.num_classes
 
@@ -649,8 +760,11 @@ class VisionTransformer(nn.Module):
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
+        output_dict: bool = False,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
     ):
-        """The tokens after chosen blocks, timm's feature-extraction call with its semantics.
+        """The tokens after chosen blocks, timm's feature-extraction call with its arguments and semantics.
 
         indices: None, every block; an int n, the last n blocks; a list, those blocks (negative
         from the end), returned in block order. norm: pass each through the final `norm`.
@@ -658,6 +772,9 @@ class VisionTransformer(nn.Module):
         prefix tokens [b, prefix, d] come along as (tokens, prefix) pairs with return_prefix_tokens.
         Returns (forward_features(x), intermediates), or only the list with intermediates_only;
         stop_early skips the blocks after the last one asked for (the first item then comes from there).
+        output_dict: a dict as timm's, 'image_intermediates', 'image_intermediates_prefix' (with
+        return_prefix_tokens) and 'image_features' (unless intermediates_only). attn_mask /
+        is_causal: passed to every block's attention, as forward_features.
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'")
@@ -666,7 +783,7 @@ class VisionTransformer(nn.Module):
         blocks = self.blocks[: max(take) + 1] if stop_early else self.blocks
         intermediates = []
         for i, blk in enumerate(blocks):
-            x = blk(x)
+            x = self._block(blk, x, attn_mask, is_causal)
             if i in take:
                 intermediates.append(self.norm(x) if norm else x)
         p = self.num_prefix_tokens
@@ -678,6 +795,13 @@ class VisionTransformer(nn.Module):
                 n = [y.shape[1] for y in intermediates]
                 raise ValueError(f"output_fmt='NCHW': the blocks return {n} tokens, not a {g}x{g} patch grid; use 'NLC'")
             intermediates = [rearrange(y, "b (gh gw) d -> b d gh gw", gh=g).contiguous() for y in intermediates]
+        if output_dict:
+            out = {"image_intermediates": intermediates}
+            if return_prefix_tokens and p:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
         if return_prefix_tokens and p:
             intermediates = list(zip(intermediates, prefix))
         if intermediates_only:

@@ -132,7 +132,8 @@ assert abs(rows[0][1] / (rows[0][1] + rows[0][2]) - 197 / (197 + 6 * D)) < 1e-12
 
 # %% [markdown]
 # At N = 197 (224 px, patch 16) attention is about 4% of ViT-B's FLOPs: the MLP dominates, which
-# is why fused attention kernels often buy little at ViT sizes (USERS.md §3.2). At N = 4096 it is
+# is why fused attention kernels often buy little at ViT sizes (apple/ml-sigmoid-attention#5: "with
+# ViTs ... MLPs typically dominate"). At N = 4096 it is
 # close to half, and the score matrices alone need ~768 MiB per layer in fp32; training keeps
 # them for every layer for the backward pass. Not storing them is the point of the fused kernel
 # of tutorial 6.

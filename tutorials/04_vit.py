@@ -145,7 +145,7 @@ for name, preset in tinyvit.PRESETS.items():
     assert by_formula == counted, name
 
 # %% [markdown]
-# WEIGHTS.md lists the published counts (checked against timm and torchvision): ViT-Ti/16
+# The published counts (timm's and torchvision's models, counted; tests/test_presets.py checks them): ViT-Ti/16
 # 5,717,416, ViT-S/16 22,050,664, ViT-B/16 86,567,656, DeiT-B distilled 87,338,192.
 #
 # Where do ViT-B's parameters live? Two thirds are in the MLPs, one third in attention, and the

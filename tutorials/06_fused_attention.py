@@ -173,7 +173,8 @@ assert torch.allclose(delta, (P * dP).sum(-1, keepdim=True))
 #
 # `attention(q, k, v, backend="triton")` forces the fused kernels (here, under the interpreter).
 # The first case takes `q, k, v` as strided views straight out of one fused qkv projection, as
-# the model does (no `.contiguous()` copy; the kernel honours strides, USERS.md §3.4); the second
+# the model does (no `.contiguous()` copy; the kernel honours strides: a kernel that ignored them gave
+# silently wrong results in flagos-ai/FlagAttention#45); the second
 # has head dim 80 (ViT-H), padded to 128 inside the kernel. fp32, forward and backward.
 
 # %%
@@ -204,7 +205,8 @@ for name, (q, k, v) in cases.items():
 # backward really does seven (3.5×), because each pass recomputes `QKᵀ` and `dO Vᵀ`; the
 # convention is kept so its numbers compare with everyone else's. At ViT's N = 197 the
 # matmuls are small and fused attention often gains little over PyTorch's SDPA; the honest way
-# is to report both, at N = 197 and 577 as well as long sequences (USERS.md §3.2).
+# is to report both, at N = 197 and 577 as well as long sequences (at N = 196 a custom flash kernel was
+# slower than SDPA in apple/ml-sigmoid-attention#5).
 #
 # The numbers below come from `bench/results/*.json`, written by `python -m bench.attention` on
 # a GPU: ViT shapes (N = 197, 257, 577) and a sweep over N, forward ("fwd") and forward plus

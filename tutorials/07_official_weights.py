@@ -13,7 +13,7 @@
 #   the format. Here on small random models saved in each format, offline;
 # - the quirks that cost accuracy: per-checkpoint preprocessing, LayerNorm eps, GELU flavour.
 #
-# With network access, the real files (WEIGHTS.md §6 lists them all):
+# With network access, the real files (`tinyvit/hub.py` lists every preset's URL or hub id and hash):
 # ```bash
 # # Google AugReg ViT-B/16 (vit_jax .npz)
 # wget https://storage.googleapis.com/vit_models/augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz
@@ -113,7 +113,7 @@ print("distilled:", deit.cfg.distilled, " prefix tokens:", deit.num_prefix_token
 # ## Google's `.npz`
 #
 # The original weights are flax parameter trees flattened into an `.npz` with `/`-joined keys,
-# in JAX's layouts (WEIGHTS.md §1.2). The converter undoes each:
+# in JAX's layouts (google-research/vision_transformer `vit_jax/models_vit.py`). The converter undoes each:
 #
 # | npz key (block i) | shape | tinyvit / timm | transform |
 # |---|---|---|---|
@@ -127,7 +127,7 @@ print("distilled:", deit.cfg.distilled, " prefix tokens:", deit.num_prefix_token
 # (`LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`: the old flax
 # numbering, counted across the block.) There is no JAX here, so we write a Google-layout file
 # from the timm model with the converter tests' fixture writer, `npz_from_timm` in
-# `tests/convert_fixtures.py`: the table read right to left, written from WEIGHTS.md on its own,
+# `tests/convert_fixtures.py`: the table read right to left, written from vit_jax's names on its own,
 # independently of `tinyvit.convert`. timm's own npz reader is the independent check that the
 # file is right.
 
@@ -208,7 +208,8 @@ for fmt, name in files.items():
 #
 # Every loaded model carries `model.preprocess`: Google's weights expect pixels in [-1, 1]
 # (mean = std = 0.5), DeiT's and torchvision's the ImageNet statistics, with different resize
-# rules. Feeding one the other's is the classic silent accuracy loss (USERS.md §1.2). The
+# rules. Feeding one the other's is the classic silent accuracy loss (staghado/vit.cpp#18 hard-coded the
+# ImageNet statistics for an AugReg model). The
 # `Preprocess` values printed above were chosen in this order: a preset named with `name=`,
 # else the file's own `preprocessor_config.json` (HF) or `pretrained_cfg` (timm hub), else the
 # family (a bare timm `.pth` is taken as Google-derived, a `{"model": ...}` wrapper as DeiT), all

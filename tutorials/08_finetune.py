@@ -20,7 +20,8 @@
 # python -m tinyvit.finetune --model vit_base_patch16_224 --dataset cifar10 --unfreeze last --no-augment
 # python -m tinyvit.finetune --model resnet50 --dataset cifar10 --unfreeze last --no-augment
 # ```
-# Expect the mid-to-high 90s for ViT-B/16 (USERS.md §1.9); below ~90% suspect preprocessing or
+# Expect the mid-to-high 90s for ViT-B/16 (google-research/vision_transformer#84,
+# NielsRogge/Transformers-Tutorials#297); below ~90% suspect preprocessing or
 # freezing before the recipe.
 
 # %%
@@ -49,8 +50,8 @@ torch.manual_seed(0)
 #
 # `freeze.apply(model, mode)` freezes in place and returns a `Split` of the model. The modes:
 # `head` (the classifier and the final LayerNorm), `last` (plus the last block or stage), a
-# number `N` of final blocks, or `all`. It prints what it did: several of the bug reports in
-# USERS.md §1.6 were settled only when someone listed the trainable parameters by hand.
+# number `N` of final blocks, or `all`. It prints what it did: bug reports such as
+# JDAI-CV/fast-reid#178 were settled only when someone listed the trainable parameters by hand.
 
 # %%
 vit = VisionTransformer(ViTConfig(image_size=32, patch_size=8, dim=64, depth=3, num_heads=2, mlp_dim=128, num_classes=10))
@@ -62,7 +63,7 @@ print("parameters with requires_grad:", sorted(trainable))
 assert trainable == {"blocks.2", "norm", "head"}
 
 # %% [markdown]
-# The trap of USERS.md §1.6: `module.requires_grad = False` sets a plain Python attribute on the
+# The trap of CSCYQJ/MICCAI23-ProtoContra-SFDA#18: `module.requires_grad = False` sets a plain Python attribute on the
 # module and freezes nothing. It has to be `requires_grad_(False)`, which reaches the parameters.
 
 # %%
@@ -77,7 +78,7 @@ print("after .requires_grad_(False)   :", freeze.count_parameters(fresh)[0], "tr
 #
 # A ResNet's BatchNorm layers update their running mean and variance on every forward pass in
 # training mode, gradients or not. A backbone "frozen" with `requires_grad_(False)` alone drifts
-# as soon as `model.train()` is called (USERS.md §1.3). `freeze.apply` also pins the frozen
+# as soon as `model.train()` is called (kdexd/virtex#16). `freeze.apply` also pins the frozen
 # modules in eval mode, so `model.train()` cannot wake them. We compare the first BatchNorm's
 # running mean after one training-mode forward pass:
 
@@ -128,8 +129,8 @@ for name in ("vit_base_patch16_224", "deit_base_patch16_224", "resnet50"):
 # %% [markdown]
 # CIFAR's images are 32×32; ViT-B/16 was trained at 224. Fed at 32 pixels it sees 4 patches and
 # its position embedding no longer fits; the fix everyone converges on is to *upsample* to the
-# checkpoint's size (USERS.md §1.1: ~81% instead of ~98% on CIFAR-10 without it; zero-padding
-# instead of upsampling: 75% instead of ~90%). `tinyvit.data.transforms` builds the pipeline from
+# checkpoint's size (facebookresearch/deit#154: ~81% instead of ~98% on CIFAR-10 without it;
+# google-research/simclr#7, zero-padding instead of upsampling: 75% instead of ~90%). `tinyvit.data.transforms` builds the pipeline from
 # the checkpoint's `Preprocess`:
 
 # %%

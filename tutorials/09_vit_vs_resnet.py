@@ -53,10 +53,10 @@ torch.manual_seed(0)
 # |---|---|---|
 # | ViT-L/16, pre-trained on JFT-300M, ImageNet top-1 | 87.76% (ViT-H/14: 88.55%; BiT-L ResNet: 87.54%) | Dosovitskiy et al. 2021, Table 2 |
 # | DeiT-B, ImageNet-1k only, from scratch | 81.8% | Touvron et al. 2021 (DeiT) |
-# | torchvision `vit_b_16`, ImageNet-1k only (DeiT-style recipe) | 81.072% | torchvision weights metadata (WEIGHTS.md §4) |
-# | torchvision ResNet-50 V2 / V1, ResNet-18 | 80.858% / 76.130%, 69.758% | torchvision weights metadata (WEIGHTS.md §5) |
-# | ViT from scratch on CIFAR-10 at 32×32 | 40–55%; ~82% with a tuned recipe | hananshafi/vits-for-small-scale-datasets#6, keras-team/keras-io#347, lucidrains/vit-pytorch#12 (USERS.md §1.9) |
-# | DeiT-S from scratch, as reported in the thread | 63.2% | facebookresearch/deit#202 (USERS.md §1.5) |
+# | torchvision `vit_b_16`, ImageNet-1k only (DeiT-style recipe) | 81.072% | torchvision weights metadata (`ViT_B_16_Weights.IMAGENET1K_V1.meta`) |
+# | torchvision ResNet-50 V2 / V1, ResNet-18 | 80.858% / 76.130%, 69.758% | torchvision weights metadata (`ResNet50_Weights`, `ResNet18_Weights` `.meta`) |
+# | ViT from scratch on CIFAR-10 at 32×32 | 40–55%; ~82% with a tuned recipe | hananshafi/vits-for-small-scale-datasets#6, keras-team/keras-io#347, lucidrains/vit-pytorch#12 |
+# | DeiT-S from scratch, as reported in the thread | 63.2% | facebookresearch/deit#202 |
 # | ViT-B/16 in21k, full fine-tune, CIFAR-10 at 384 | 98.92 / 99.03% | google-research/vision_transformer#84, #21 |
 # | HF ViT-B/16 in21k, full fine-tune, CIFAR-10 at 224 | 96–97% (lr 1e-5 to 2e-5) | NielsRogge/Transformers-Tutorials#297 |
 # | DeiT-B trained on CIFAR-10 only, CIFAR-only teacher, at 224 | 98.5% | facebookresearch/deit#154, #202 |
@@ -155,7 +155,7 @@ work.cleanup()
 #
 # and, for the from-scratch side of the same question, `--weights none --unfreeze all` with a
 # longer schedule. Expect the pretrained transformers in the mid-to-high 90s, and anything under
-# ~90% to be a bug (USERS.md §1.9).
+# ~90% to be a bug (the reports above).
 #
 # **Next:** [10_attention_maps.py](10_attention_maps.py) looks inside a trained ViT: where does
 # its class token look?

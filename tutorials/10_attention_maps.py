@@ -15,8 +15,9 @@
 #
 # With network access, the same code runs on real weights and photos:
 # ```python
+# from tinyvit.data import load_image  # RGB, 16-bit greyscale scaled rather than clipped
 # model = tinyvit.create_model("vit_base_patch16_224", pretrained=True).eval()
-# x = model.preprocess.eval_transform()(PIL.Image.open("cat.jpg").convert("RGB"))[None]
+# x = model.preprocess.eval_transform()(load_image("cat.jpg"))[None]
 # maps = model.attention_maps(x)  # 12 tensors of [1, 12, 197, 197]
 # ```
 
@@ -73,7 +74,8 @@ print(f"{cfg.grid_size}x{cfg.grid_size} patches + class token = {cfg.grid_size**
 # `attention_maps(x)` runs the model block by block with `return_attention=True`, which takes
 # the explicit path `softmax(Q Kᵀ/√d)` and returns `P`. A fused kernel (tutorial 6) never
 # writes `P` to memory, so it cannot return it; this is why timm, Hugging Face and PyTorch's
-# SDPA return no attention weights on their fast paths (USERS.md §2).
+# SDPA return no attention weights on their fast paths (pytorch/pytorch#98505,
+# huggingface/transformers#30978, jacobgil/vit-explain#23).
 #
 # We keep the maps of the model before training, to compare with after.
 
