@@ -131,20 +131,22 @@ def test_small_images_flip_and_shift_by_default_and_the_run_can_say_otherwise(tm
 
     splits = load(save(tmp_path / "ds", train=split([0, 1, 2, 0]), test=split([1, 2])))
     assert splits.flip and splits.shift  # the documented default: data.HF_SMALL, CIFAR's
-    seen = {}
-    real = data.transforms
+    from tinyvit import trainer
+
+    seen = []
+    real = trainer.BatchAugment  # small images train from one tensor, augmented a batch at a time
 
     def spy(*args, **kwargs):
-        seen.update(kwargs)
+        seen.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(data, "transforms", spy)
-    assert finetune.main([
-        "--model", "resnet18", "--weights", "none", "--image-size", "32", "--unfreeze", "all", "--epochs", "1",
-        "--dataset", f"hf:{tmp_path / 'ds'}", "--batch-size", "2", "--num-workers", "0", "--no-progress",
-        "--no-flip", "--no-shift", "--out", str(tmp_path / "run"),
-    ]) == 0
-    assert seen["flip"] is False and seen["shift"] is False
+    monkeypatch.setattr(trainer, "BatchAugment", spy)
+    run = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--unfreeze", "all", "--epochs", "1",
+           "--dataset", f"hf:{tmp_path / 'ds'}", "--batch-size", "2", "--num-workers", "0", "--no-progress"]
+    assert finetune.main(run + ["--out", str(tmp_path / "default")]) == 0
+    assert seen[-1]["flip"] is True and seen[-1]["padding"] > 0
+    assert finetune.main(run + ["--no-flip", "--no-shift", "--out", str(tmp_path / "run")]) == 0
+    assert seen[-1]["flip"] is False and seen[-1]["padding"] == 0
     assert finetune.parse_args(["--flip"])[0].flip is True and finetune.parse_args([])[0].flip is None
 
 
