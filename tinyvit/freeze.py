@@ -37,6 +37,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from tinyvit.fdvit import FDViT
 from tinyvit.resnet import ResNet
 from tinyvit.vit import VisionTransformer
 
@@ -54,12 +55,12 @@ def parse_mode(text: Union[str, int]) -> Union[str, int]:
 
 
 def _units(model: nn.Module) -> list[nn.Module]:
-    """The repeated units a mode counts: ViT blocks, ResNet stages."""
+    """The repeated units a mode counts: ViT blocks, ResNet and FDViT stages."""
     if isinstance(model, VisionTransformer):
         return list(model.blocks)
-    if isinstance(model, ResNet):
-        return model.stages
-    raise TypeError(f"expected a tinyvit VisionTransformer or ResNet, got {type(model).__name__}")
+    if isinstance(model, (ResNet, FDViT)):
+        return list(model.stages)
+    raise TypeError(f"expected a tinyvit VisionTransformer, ResNet or FDViT, got {type(model).__name__}")
 
 
 def _head_group(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -78,6 +79,9 @@ def _prefix_modules(model: nn.Module, k: int) -> list[tuple[str, nn.Module]]:
     if isinstance(model, VisionTransformer):
         stem = [("patch_embed", model.patch_embed), ("pos_drop", model.pos_drop)]
         return stem + [(f"blocks.{i}", model.blocks[i]) for i in range(k)]
+    if isinstance(model, FDViT):  # a stage ends with its FD layer (and decoder): they freeze with it
+        stem = [("patch_embed", model.patch_embed), ("pos_drop", model.pos_drop)]
+        return stem + [(f"stages.{i}", model.stages[i]) for i in range(k)]
     stem = [(n, getattr(model, n)) for n in ("conv1", "bn1", "relu", "maxpool")]
     return stem + [(f"layer{i + 1}", model.stages[i]) for i in range(k)]
 
@@ -158,15 +162,15 @@ class Split(nn.Module):
         m, k = self.model, self.frozen_depth
         if k is None:
             return ["everything"]
-        names = [f"blocks.{i}" if self.is_vit else f"layer{i + 1}" for i in range(k, len(_units(m)))]
+        units = _prefix_modules(m, len(_units(m)))[len(_prefix_modules(m, 0)):]  # (name, unit) of every unit
+        names = [name for name, _ in units[k:]]
         return names + [name for name, _ in _head_group(m)]
 
     def frozen_groups(self) -> list[str]:
         if self.frozen_depth is None:
             return []
         names = [name for name, _ in _prefix_modules(self.model, self.frozen_depth)]
-        if self.is_vit:
-            names += [t for t in NO_DECAY if isinstance(getattr(self.model, t, None), nn.Parameter)]
+        names += [t for t in NO_DECAY if isinstance(getattr(self.model, t, None), nn.Parameter)]
         return names
 
     def describe(self) -> str:

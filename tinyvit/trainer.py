@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tinyvit import data, freeze, recipe, rundir
-from tinyvit.checkpoint import save_pretrained
+from tinyvit.checkpoint import arch_of, save_pretrained
 from tinyvit.evaluate import Tally, amp_dtype, autocast, evaluate, per_class_accuracy
 from tinyvit.hub import create_model
 from tinyvit.presets import PRESETS, build_model, parse_overrides
@@ -84,6 +84,10 @@ class Config:
     distill: Optional[str] = None  # "hard" (the default with --teacher) or "soft"
     distill_alpha: float = 0.5
     distill_tau: float = 1.0
+    # FDViT's masked reconstruction (tinyvit/fdvit.py): loss = CE + fd_ratio * the FD layers' mean MSE;
+    # 0 trains without decoders. The official commands use 0.03 with mask probability 0.2.
+    fd_ratio: float = 0.0
+    fd_mask: float = 0.2
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -108,7 +112,7 @@ def check_image_size(cfg: Config) -> None:
         if isinstance(patch, int) and patch >= 1 and (size < patch or size % patch):
             raise ValueError(f"--image-size {size}: {cfg.model} cuts images into {patch}x{patch} patches; "
                              f"use a multiple of {patch} (the smallest is {patch})")
-    elif size < RESNET_MIN_SIZE:
+    elif preset["arch"] == "resnet" and size < RESNET_MIN_SIZE:
         raise ValueError(f"--image-size {size}: a ResNet downsamples by 32; use at least {RESNET_MIN_SIZE} pixels")
 
 
@@ -117,10 +121,21 @@ def check_image_size(cfg: Config) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def fd_reconstruction(model: nn.Module, cfg: Config) -> nn.Module:
+    """FDViT (tinyvit/fdvit.py): its FD layers' decoders exist only while --fd-ratio trains them."""
+    if not (math.isfinite(cfg.fd_ratio) and cfg.fd_ratio >= 0):
+        raise ValueError(f"--fd-ratio {cfg.fd_ratio}: expected a loss weight of 0 or more")
+    if hasattr(model, "set_reconstruction"):
+        return model.set_reconstruction(cfg.fd_mask if cfg.fd_ratio else None)
+    if cfg.fd_ratio:
+        raise ValueError(f"--fd-ratio {cfg.fd_ratio:g}: {cfg.model} has no FD layers to train (an fdvit_* preset has)")
+    return model
+
+
 def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn.Module:
     overrides = parse_overrides(cfg.override, cfg.model)
     if cfg.weights == "none":
-        return create_model(cfg.model, num_classes=num_classes, image_size=cfg.image_size, **overrides)
+        return fd_reconstruction(create_model(cfg.model, num_classes=num_classes, image_size=cfg.image_size, **overrides), cfg)
     if cfg.weights == "official":
         source = True
     else:
@@ -147,7 +162,7 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
             model.set_image_size(size)  # resamples the position embedding
         else:  # a ResNet takes any size: only the preprocessing changes
             model.preprocess = model.preprocess.with_image_size(size)
-    return model
+    return fd_reconstruction(model, cfg)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -389,14 +404,15 @@ class Trainer:
         p = self.partial if self.partial and self.dist.main else {}
         loss_sum = torch.tensor(p.get("loss_sum", 0.0), dtype=torch.float64, device=self.device)
         correct = torch.tensor(p.get("correct", 0.0), dtype=torch.float64, device=self.device)
+        aux_sum = torch.tensor(p.get("aux_sum", 0.0), dtype=torch.float64, device=self.device)
         count, seconds = p.get("count", 0), p.get("train_seconds", 0.0)
         t0 = time.perf_counter()
 
         def state(done):  # the partial epoch, as plain numbers, summed over processes
-            sums = torch.stack([loss_sum, correct, torch.tensor(float(count), dtype=torch.float64, device=self.device)])
+            sums = torch.stack([loss_sum, correct, torch.tensor(float(count), dtype=torch.float64, device=self.device), aux_sum])
             if self.dist.world > 1:
                 torch.distributed.all_reduce(sums)
-            return {"loss_sum": sums[0].item(), "correct": sums[1].item(), "count": int(sums[2].item()),
+            return {"loss_sum": sums[0].item(), "correct": sums[1].item(), "count": int(sums[2].item()), "aux_sum": sums[3].item(),
                     "train_seconds": seconds + time.perf_counter() - t0, "batches_done": done}
 
         self.ddp.train()  # the frozen prefix stays in eval mode (freeze.apply pinned it)
@@ -414,6 +430,10 @@ class Trainer:
                         loss = self.recipe.loss(logits, targets)
                     else:  # DeiT's loss (tinyvit/distill.py); logits becomes the heads' mean
                         loss, logits = self.distiller.loss(logits, targets, inputs, index_batches[b])
+                    aux = self.model.auxiliary_loss() if cfg.fd_ratio else None  # FDViT: the FD layers' MSE
+                    if aux is not None:
+                        loss = loss + cfg.fd_ratio * aux
+                        aux_sum += aux.detach().double() * labels.numel()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -458,6 +478,9 @@ class Trainer:
             from tinyvit.flops import describe_token_learner
 
             self.log(describe_token_learner(self.model.cfg))
+        if hasattr(self.model, "flops"):  # FDViT: counted both ways (its published numbers omit attention)
+            self.log(f"forward FLOPs per image: {self.model.flops() / 1e9:.3f} G with the attention matmuls, "
+                     f"{self.model.flops(attention_matmuls=False) / 1e9:.3f} G layers only (2 FLOPs per multiply-add)")
         self.log(f"{cfg.model} ({cfg.weights} weights) on {cfg.dataset}: {len(self.splits.train):,} train / "
                  f"{len(self.splits.val):,} val images at {self.preprocess.image_size} px, {len(self.classes)} classes; "
                  f"AdamW lr {self.lr:g} wd {cfg.weight_decay:g}, batch {cfg.batch_size}"
@@ -496,6 +519,9 @@ class Trainer:
             }
             if self.distiller is not None:
                 row.update(self.distiller.epoch_metrics(self.dist.world))
+            if cfg.fd_ratio:  # the two terms of FDViT's loss: classification, and the unweighted reconstruction MSE
+                recon = train.get("aux_sum", 0.0) / train["count"]
+                row.update(train_cls_loss=row["train_loss"] - cfg.fd_ratio * recon, train_recon_loss=recon)
             self.history.append(row)
             self.last_confusion = tally.confusion.cpu()
             self.save_checkpoint()
@@ -517,7 +543,7 @@ class Trainer:
         return {
             "format": rundir.CHECKPOINT_FORMAT, "version": rundir.CHECKPOINT_VERSION,
             "config": self.run_config(),
-            "arch": "vit" if self.split.is_vit else "resnet",
+            "arch": arch_of(self.model),
             "model_config": self.model.cfg.to_dict(), "preprocess": self.preprocess.to_dict(),
             "classes": self.classes, "world_size": self.dist.world,
             "epoch": self.epoch, "batches_done": self.batches_done, "partial": self.partial,
