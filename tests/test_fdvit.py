@@ -424,6 +424,10 @@ def test_finetune_with_the_reconstruction_loss_logs_both_terms(tmp_path, capsys)
 
     assert not any(".decoder." in k for k in load_file(out / "model.safetensors"))  # the exported model
     assert not tinyvit.load_pretrained(out).cfg.decoders
+    # --resume rebuilds the model with its decoders from checkpoint.pt and keeps logging both terms
+    assert finetune.main(["--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["train_recon_loss"] > 0
 
 
 def test_finetune_last_stage_on_cached_features_and_fd_ratio_on_a_vit_is_refused(tmp_path, capsys):

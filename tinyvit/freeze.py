@@ -14,7 +14,8 @@ with only its last transformer block, or last convolutional stage, and a new cla
 so "head" is N = 0 and "last" is N = 1. An FDViT counts its five stages as a ResNet does (its
 FD layer and decoder belong to the stage they shrink); its head group is the final norm + head.
 ViT's final LayerNorm trains in every mode: it belongs to no block, and its per-feature scale and
-shift are what adapts the frozen features to the new head most cheaply (the ResNet has no such norm; its last BatchNorm sits inside layer4).
+shift are what adapts the frozen features to the new head most cheaply (the ResNet has no such
+norm; its last BatchNorm sits inside layer4).
 
 Freezing is where fine-tuning scripts most often go quietly wrong (USERS.md 1.3, 1.6):
 - every frozen parameter gets `requires_grad_(False)` (setting a module's `requires_grad`
