@@ -37,6 +37,7 @@ PLOTS = {
     "11": ["11_data_scaling.png"],
     "12": ["12_distillation.png"],
     "13": ["13_token_learner.png"],
+    "16": ["16_fdvit.png"],
     "17": ["17_hf_trainer.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

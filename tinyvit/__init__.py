@@ -3,6 +3,7 @@ official pretrained weights, and the single-trainable-block fine-tuning study.
 
 Importing is cheap and needs no GPU; heavy optional libraries load inside the functions using them.
 """
+from tinyvit.fdvit import FDViT, FDViTConfig
 from tinyvit.hub import create_model
 from tinyvit.presets import PRESETS
 from tinyvit.preprocess import Preprocess
@@ -37,6 +38,8 @@ def __getattr__(name):
 
 __all__ = [
     "CheckpointError",
+    "FDViT",
+    "FDViTConfig",
     "PRESETS",
     "Preprocess",
     "ResNet",

@@ -44,7 +44,9 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _arch_of(model: nn.Module) -> str:
+def arch_of(model: nn.Module) -> str:
+    """The architecture name a config.json (and checkpoint.pt) records for this model."""
+    from tinyvit.fdvit import FDViT
     from tinyvit.resnet import ResNet
     from tinyvit.vit import VisionTransformer
 
@@ -52,7 +54,9 @@ def _arch_of(model: nn.Module) -> str:
         return "vit"
     if isinstance(model, ResNet):
         return "resnet"
-    raise TypeError(f"save_pretrained expects a tinyvit VisionTransformer or ResNet, got {type(model).__name__}")
+    if isinstance(model, FDViT):
+        return "fdvit"
+    raise TypeError(f"save_pretrained expects a tinyvit VisionTransformer, ResNet or FDViT, got {type(model).__name__}")
 
 
 def save_pretrained(model: nn.Module, directory) -> Path:
@@ -60,17 +64,22 @@ def save_pretrained(model: nn.Module, directory) -> Path:
     preprocessing) into `directory`; `load_pretrained(directory)` rebuilds the same model."""
     from safetensors.torch import save
 
-    arch = _arch_of(model)
+    arch = arch_of(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    # A model with training-only parts (FDViT's decoders) says what the inference model is.
+    if hasattr(model, "inference_state"):
+        model_config, state = model.inference_state()
+    else:
+        model_config, state = model.cfg.to_dict(), model.state_dict()
     # safetensors refuses shared or strided storage: store plain contiguous CPU copies.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     preprocess = getattr(model, "preprocess", None)
     config = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "arch": arch,
-        "config": model.cfg.to_dict(),
+        "config": model_config,
         "preprocess": preprocess.to_dict() if preprocess is not None else None,
     }
     # Weights first: a config.json only ever describes weights that are complete on disk.
@@ -229,6 +238,10 @@ def detect_family(ckpt: Checkpoint) -> str:
         )
     if any(k.endswith("embedding/kernel") or k.startswith(("Transformer/", "opt/target/Transformer/")) for k in keys):
         return "google"
+    if "pools.0.conv.weight" in keys:  # FDViT's official release (pools.{s}: its FD layers)
+        return "fdvit"
+    if "fdvit.pools.0.conv.weight" in keys:  # the Hugging Face ports amd/FDViT_* (layout unconfirmed, keymaps.py)
+        return "fdvit_hf"
     if any("embeddings.patch_embeddings.projection." in k for k in keys):
         return "hf"
     if "conv_proj.weight" in keys:
@@ -240,7 +253,7 @@ def detect_family(ckpt: Checkpoint) -> str:
     sample = ", ".join(repr(k) for k in sorted(keys)[:5])
     raise CheckpointError(
         f"{ckpt.path}: not a checkpoint of a known family ({len(keys)} tensors, e.g. {sample}); expected "
-        f"a Google .npz, a Hugging Face ViT/DeiT, a timm/DeiT, a torchvision ViT or ResNet state dict"
+        f"a Google .npz, a Hugging Face ViT/DeiT, a timm/DeiT, a torchvision ViT or ResNet, or an FDViT state dict"
     )
 
 

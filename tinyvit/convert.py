@@ -121,6 +121,44 @@ def infer_resnet_config(state: dict, path: Path) -> dict:
     )
 
 
+def infer_fdvit_config(state: dict, path: Path, heads=None, name: Optional[str] = None) -> dict:
+    """FDViTConfig fields from the shapes of a state dict in tinyvit names (tinyvit/fdvit.py).
+
+    Two things the shapes cannot tell: the heads per stage (from `heads`, the preset `name`, or the
+    preset of the same widths and depths), and the patch conv's stride, taken as half its kernel as in
+    every official preset (16/8, 14/7); the image size follows from the position map's side W0."""
+    _need(state, ["patch_embed.conv.weight", "pos_embed", "stages.0.blocks.0.norm1.weight"], path, "FDViT architecture")
+    w, pos = state["patch_embed.conv.weight"], state["pos_embed"]
+    if w.ndim != 4 or w.shape[2] != w.shape[3] or pos.ndim != 4 or pos.shape[2] != pos.shape[3]:
+        raise CheckpointError(f"{path}: patch conv {shape_of(w)} and position map {shape_of(pos)}; expected "
+                              f"[C0, c, p, p] and [1, C0, W0, W0]")
+    patch, stride = w.shape[2], max(1, w.shape[2] // 2)
+    n = _max_index(state, r"stages\.(\d+)\.blocks\.") + 1
+    widths = [state[f"stages.{s}.blocks.0.norm1.weight"].shape[0] for s in range(n)]
+    depth = [(_max_index(state, rf"stages\.{s}\.blocks\.(\d+)\.") or 0) + 1 for s in range(n)]
+    if heads is None and name is not None and PRESETS[name]["arch"] == "fdvit":
+        heads = PRESETS[name]["config"]["heads"]
+    if heads is None:
+        same = [p["config"]["heads"] for p in PRESETS.values() if p["arch"] == "fdvit"
+                and list(p["config"]["depth"]) == depth
+                and [d * h for d, h in zip(p["config"]["base_dims"], p["config"]["heads"])] == widths]
+        if not same:
+            raise CheckpointError(f"{path}: an FDViT of widths {widths} and depths {depth}, which no preset has; the file "
+                                  f"does not store the heads per stage: pass num_heads=[...] (one per stage)")
+        heads = same[0]
+    heads = list(heads)
+    if len(heads) != n or any(c % h for c, h in zip(widths, heads)):
+        raise CheckpointError(f"{path}: num_heads={heads} does not divide the stage widths {widths}")
+    head = state.get("head.weight")
+    return dict(
+        image_size=(pos.shape[-1] - 1) * stride + patch, patch_size=patch, stride=stride, in_channels=w.shape[1],
+        num_classes=head.shape[0] if head is not None else 0,
+        base_dims=[c // h for c, h in zip(widths, heads)], heads=heads, depth=depth,
+        mlp_ratio=state["stages.0.blocks.0.mlp.fc1.weight"].shape[0] / widths[0],
+        decoders=any(".decoder." in k for k in state),
+    )
+
+
 def _file_num_heads(ckpt: Checkpoint) -> Optional[int]:
     """Google's q kernel is [d, h, dh]: the one format that stores the number of heads."""
     if ckpt.family != "google":
@@ -382,6 +420,8 @@ def choose_preprocess(ckpt: Checkpoint, config: dict, name: Optional[str]) -> Pr
     elif ckpt.family == "timm":
         # DeiT's release files are wrapped in {'model': ...}; timm's Google-derived ones are not.
         pre = DEIT if config.get("distilled") or ckpt.wrapper == "model" else GOOGLE
+    elif ckpt.family in ("fdvit", "fdvit_hf"):
+        pre = DEIT  # FDViT's datasets.py evaluates as DeiT (tinyvit/presets.py)
     else:  # torchvision ViT and ResNets (ResNet-50 V2's 232 comes with name="resnet50")
         pre = TORCHVISION
     native = config.get("image_size")
@@ -487,7 +527,8 @@ def load_pretrained(
     num_classes: a new, randomly initialised head of this many classes (0: none) when it differs
         from the file's; a warning says the file's head was dropped.
     image_size: serve this resolution; the position embedding is resampled (bicubic).
-    num_heads: for files that do not store it (all but Google's .npz); see resolve_num_heads.
+    num_heads: for files that do not store it (all but Google's .npz); see resolve_num_heads. For an
+        FDViT, one per stage (by default its preset's).
     name: a preset the file must match; its preprocessing (and heads) are used.
     overrides: other config fields that do not change the weights (drop_path, dropout, kernels,
         norm_eps, act, pool, patch_embed, ...); a field that does is caught by the strict check.
@@ -525,6 +566,8 @@ def load_pretrained(
         mapped = map_keys(ckpt)
         if ckpt.family == "resnet":
             arch, config = "resnet", infer_resnet_config(mapped.state, ckpt.path)
+        elif ckpt.family in ("fdvit", "fdvit_hf"):
+            arch, config = "fdvit", infer_fdvit_config(mapped.state, ckpt.path, num_heads, name)
         else:
             arch, config = "vit", infer_vit_config(mapped.state, ckpt.path)
             config["num_heads"] = resolve_num_heads(ckpt, config["dim"], num_heads, name)
@@ -558,7 +601,7 @@ def load_pretrained(
             f"use the model as a backbone or give it a new head with num_classes=...", stacklevel=2,
         )
     if image_size is not None:
-        if arch == "vit":
+        if arch != "resnet":
             model.set_image_size(image_size)
         elif model.preprocess is not None:  # a ResNet takes any size: only the preprocessing changes
             model.preprocess = model.preprocess.with_image_size(image_size)

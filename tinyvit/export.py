@@ -153,6 +153,9 @@ _KNOWN = {
 
 def refusals(model: nn.Module, to: str) -> list[str]:
     """Every reason `to` cannot hold this model, one line each, naming the field."""
+    if not isinstance(model, (ResNet, VisionTransformer)):
+        return [f"a {type(model).__name__}: neither transformers nor timm has this architecture (FDViT's Hugging "
+                f"Face ports are custom code); keep the tinyvit directory (tinyvit.save_pretrained)"]
     if isinstance(model, ResNet):
         if to == "hf":
             return ["a ResNet: transformers' ResNetForImageClassification has another layout (stages, "

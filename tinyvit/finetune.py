@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", choices=("hard", "soft"), help="with --teacher: the teacher's argmax (hard, default) or its softened probabilities")
     p.add_argument("--distill-alpha", type=float, help=f"weight of the distillation term (default: {d.distill_alpha})")
     p.add_argument("--distill-tau", type=float, help=f"temperature of --distill soft (default: {d.distill_tau})")
+    p.add_argument("--fd-ratio", type=float, help="FDViT: weight of the FD layers' masked reconstruction loss "
+                   "(official 0.03; default 0: no decoders)")
+    p.add_argument("--fd-mask", type=float, help=f"FDViT: probability a token is masked for it (default: {d.fd_mask})")
     return p
 
 

@@ -22,7 +22,8 @@ the k, v projections stay, everything else shrinks by ~197x, and the block costs
                                             TokenLearner when it is on)
     token_learner_flops(n, d, s)            the TokenLearner module itself
     suffix_flops(model, start)              blocks[start:] + final norm + head: what `--unfreeze` trains
-    model_flops(model, image_size=None)     any tinyvit ViT (the formula) or other model (hooks on Conv2d
+    model_flops(model, image_size=None)     any tinyvit ViT or FDViT (the formulas; FDViT's, both ways, is
+                                            tinyvit/fdvit.py `fdvit_flops`) or other model (hooks on Conv2d
                                             and Linear, e.g. the ResNet): forward FLOPs per image
 """
 from __future__ import annotations
@@ -162,10 +163,13 @@ def model_flops(model: nn.Module, image_size: Optional[int] = None) -> int:
     a zero image and counts its Conv2d and Linear modules by hooks (`hooked_flops`); that needs
     image_size, or a `cfg.image_size` on the model, and sees no attention products.
     """
+    from tinyvit.fdvit import FDViT
     from tinyvit.vit import VisionTransformer
 
     if isinstance(model, VisionTransformer):
         return vit_flops(model.cfg, image_size)
+    if isinstance(model, FDViT):  # its own formula, attention products included (tinyvit/fdvit.py)
+        return model.flops(image_size)
     cfg = getattr(model, "cfg", None)
     size = image_size or getattr(cfg, "image_size", None)
     if size is None:

@@ -11,9 +11,11 @@ with only its last transformer block, or last convolutional stage, and a new cla
     N        blocks[-N:] + the head group                     the last N of layer1..layer4 + fc
     all      everything, patch embedding and tokens too       everything, the stem too
 
-so "head" is N = 0 and "last" is N = 1. ViT's final LayerNorm trains in every mode: it belongs to no
-block, and its per-feature scale and shift are what adapts the frozen features to the new head most
-cheaply (the ResNet has no such norm; its last BatchNorm sits inside layer4).
+so "head" is N = 0 and "last" is N = 1. An FDViT counts its five stages as a ResNet does (its
+FD layer and decoder belong to the stage they shrink); its head group is the final norm + head.
+ViT's final LayerNorm trains in every mode: it belongs to no block, and its per-feature scale and
+shift are what adapts the frozen features to the new head most cheaply (the ResNet has no such
+norm; its last BatchNorm sits inside layer4).
 
 Freezing is where fine-tuning scripts most often go quietly wrong (kdexd/virtex#16: BatchNorm statistics
 updated in a "frozen" backbone; CSCYQJ/MICCAI23-ProtoContra-SFDA#18: `module.requires_grad = False`):
@@ -38,6 +40,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from tinyvit.fdvit import FDViT
 from tinyvit.resnet import ResNet
 from tinyvit.vit import VisionTransformer
 
@@ -54,12 +57,12 @@ def parse_mode(text: Union[str, int]) -> Union[str, int]:
 
 
 def _units(model: nn.Module) -> list[nn.Module]:
-    """The repeated units a mode counts: ViT blocks, ResNet stages."""
+    """The repeated units a mode counts: ViT blocks, ResNet and FDViT stages."""
     if isinstance(model, VisionTransformer):
         return list(model.blocks)
-    if isinstance(model, ResNet):
-        return model.stages
-    raise TypeError(f"expected a tinyvit VisionTransformer or ResNet, got {type(model).__name__}")
+    if isinstance(model, (ResNet, FDViT)):
+        return list(model.stages)
+    raise TypeError(f"expected a tinyvit VisionTransformer, ResNet or FDViT, got {type(model).__name__}")
 
 
 def _head_group(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -78,6 +81,9 @@ def _prefix_modules(model: nn.Module, k: int) -> list[tuple[str, nn.Module]]:
     if isinstance(model, VisionTransformer):
         stem = [("patch_embed", model.patch_embed), ("pos_drop", model.pos_drop)]
         return stem + [(f"blocks.{i}", model.blocks[i]) for i in range(k)]
+    if isinstance(model, FDViT):  # a stage ends with its FD layer (and decoder): they freeze with it
+        stem = [("patch_embed", model.patch_embed), ("pos_drop", model.pos_drop)]
+        return stem + [(f"stages.{i}", model.stages[i]) for i in range(k)]
     stem = [(n, getattr(model, n)) for n in ("conv1", "bn1", "relu", "maxpool")]
     return stem + [(f"layer{i + 1}", model.stages[i]) for i in range(k)]
 
@@ -166,15 +172,16 @@ class Split(nn.Module):
         m, k = self.model, self.frozen_depth
         if k is None:
             return ["everything"]
-        names = [f"blocks.{i}" if self.is_vit else f"layer{i + 1}" for i in range(k, len(_units(m)))]
+        units = _prefix_modules(m, len(_units(m)))[len(_prefix_modules(m, 0)):]  # (name, unit) of every unit
+        names = [name for name, _ in units[k:]]
         return names + [name for name, _ in _head_group(m)]
 
     def frozen_groups(self) -> list[str]:
         if self.frozen_depth is None:
             return []
         names = [name for name, _ in _prefix_modules(self.model, self.frozen_depth)]
-        if self.is_vit:
-            names += [t for t in sorted(self.model.no_weight_decay()) if isinstance(getattr(self.model, t, None), nn.Parameter)]
+        decay_free = getattr(self.model, "no_weight_decay", set)()  # timm's call: position tables, class tokens
+        names += [t for t in sorted(decay_free) if isinstance(getattr(self.model, t, None), nn.Parameter)]
         return names
 
     def describe(self) -> str:

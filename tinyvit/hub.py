@@ -48,6 +48,13 @@ HUB = {
     "resnet18": {"url": _TORCHVISION + "resnet18-f37072fd.pth"},
     "resnet34": {"url": _TORCHVISION + "resnet34-b627a593.pth"},
     "resnet50": {"url": _TORCHVISION + "resnet50-11ad3fa6.pth"},  # IMAGENET1K_V2, torchvision's DEFAULT
+    # FDViT: AMD's Hugging Face ports (the hub checks their sha256). Their key layout could not be read
+    # (tinyvit/keymaps.py FDVIT_HF is an assumption): a file in another layout is refused by name, key by
+    # key. The release's Google Drive links (AMD-AIG-AIMA/AMD_FDViT readme.md) state no hash and are
+    # share pages, not files: download one by hand and pass its path (the official layout is confirmed).
+    "fdvit_ti": {"hf": "amd/FDViT_ti", "file": "pytorch_model.bin"},
+    "fdvit_s": {"hf": "amd/FDViT_s", "file": "pytorch_model.bin"},
+    "fdvit_b": {"hf": "amd/FDViT_b", "file": "pytorch_model.bin"},
 }
 
 HF_FILENAME = "model.safetensors"
@@ -95,23 +102,23 @@ def fetch_url(name: str, url: str) -> Path:
     return dst
 
 
-def fetch_hf(name: str, repo_id: str) -> Path:
+def fetch_hf(name: str, repo_id: str, filename: str = HF_FILENAME) -> Path:
     """The cached hub file, downloaded by huggingface_hub when absent (it verifies the sha256)."""
     import huggingface_hub
 
-    cached = huggingface_hub.try_to_load_from_cache(repo_id, HF_FILENAME)
+    cached = huggingface_hub.try_to_load_from_cache(repo_id, filename)
     if isinstance(cached, str):
         return Path(cached)
     try:
-        return Path(huggingface_hub.hf_hub_download(repo_id, HF_FILENAME))
+        return Path(huggingface_hub.hf_hub_download(repo_id, filename))
     except Exception as e:
         from huggingface_hub import constants
 
         raise DownloadError(
             f"could not download the official weights of {name!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
-            f"Offline? On a connected machine run `hf download {repo_id} {HF_FILENAME}` (or fetch "
-            f"https://huggingface.co/{repo_id}/resolve/main/{HF_FILENAME}) and copy the Hugging Face cache to "
-            f"{constants.HF_HUB_CACHE}, or pass pretrained='path/to/{HF_FILENAME}'"
+            f"Offline? On a connected machine run `hf download {repo_id} {filename}` (or fetch "
+            f"https://huggingface.co/{repo_id}/resolve/main/{filename}) and copy the Hugging Face cache to "
+            f"{constants.HF_HUB_CACHE}, or pass pretrained='path/to/{filename}'"
         ) from e
 
 
@@ -122,7 +129,7 @@ def fetch(name: str) -> Path:
     entry = HUB[name]
     if "url" in entry:
         return fetch_url(name, entry["url"])
-    return fetch_hf(name, entry["hf"])
+    return fetch_hf(name, entry["hf"], entry.get("file", HF_FILENAME))
 
 
 def pretrained_model(

@@ -13,6 +13,8 @@ each layout:
     timm         timm / original DeiT .pth, hub safetensors timm vision_transformer.py, deit.py; facebookresearch/deit models.py
     torchvision  torchvision VisionTransformer             torchvision models/vision_transformer.py
     resnet       torchvision ResNet-18/34/50               torchvision models/resnet.py
+    fdvit        FDViT's official release                   AMD-AIG-AIMA/AMD_FDViT fdvit.py (the FDVIT table's comment)
+    fdvit_hf     the Hugging Face ports amd/FDViT_ti, _s, _b unconfirmed (see FDVIT_HF)
     tinyvit      a directory written by `save_pretrained`: no table, the names are tinyvit's
 
 `map_keys(ckpt)` runs a checkpoint through its family's table and returns a `Mapped`: the renamed
@@ -170,8 +172,43 @@ RESNET = [
     ("fc.{wb}",                                        "fc.{wb}",                         same),
 ]
 
+# FDViT (tinyvit/fdvit.py). The official module tree of `PoolingTransformer` (fdvit.py, commit b1119ac):
+# `transformers.{s}.blocks.{i}` (vision_transformer.py's Block, with the LePE conv `attn.get_v`),
+# `pools.{s}` (bilinear_conv_pooling: `ln`, `conv`) after stage s, `decoders.{s}` (the training-only
+# decoder: `conv`; its nn.Upsample has no weights), `norm`, `head`. main.py saves
+# `model_without_ddp.state_dict()` under 'model' (with optimizer, EMA and args beside it), decoders
+# included: the model always builds them. tinyvit keeps each stage's FD layer and decoder in the stage.
+_FD = "transformers.{stage}.blocks.{i}"
+_FD_BLOCK = "stages.{stage}.blocks.{i}"
+FDVIT = [
+    ("patch_embed.conv.{wb}",                          "patch_embed.conv.{wb}",           same),
+    ("pos_embed",                                      "pos_embed",                       same),  # [1, C0, W0, W0]
+    (_FD + ".norm1.{wb}",                              _FD_BLOCK + ".norm1.{wb}",         same),
+    (_FD + ".attn.qkv.{wb}",                           _FD_BLOCK + ".attn.qkv.{wb}",      same),
+    (_FD + ".attn.get_v.{wb}",                         _FD_BLOCK + ".attn.get_v.{wb}",    same),
+    (_FD + ".attn.proj.{wb}",                          _FD_BLOCK + ".attn.proj.{wb}",     same),
+    (_FD + ".norm2.{wb}",                              _FD_BLOCK + ".norm2.{wb}",         same),
+    (_FD + ".mlp.fc1.{wb}",                            _FD_BLOCK + ".mlp.fc1.{wb}",       same),
+    (_FD + ".mlp.fc2.{wb}",                            _FD_BLOCK + ".mlp.fc2.{wb}",       same),
+    ("pools.{stage}.ln.{wb}",                          "stages.{stage}.downsample.ln.{wb}", same),
+    ("pools.{stage}.conv.{wb}",                        "stages.{stage}.downsample.conv.{wb}", same),
+    ("decoders.{stage}.conv.{wb}",                     "stages.{stage}.decoder.conv.{wb}", same),
+    ("norm.{wb}",                                      "norm.{wb}",                       same),
+    ("head.{wb}",                                      "head.{wb}",                       same),
+]
+# The Hugging Face ports (amd/FDViT_ti, _s, _b: custom code, modeling_fdvit.py) could NOT be read for
+# this table: only the file list is confirmed (config.json, configuration_fdvit.py, modeling_fdvit.py,
+# and pytorch_model.bin, a plain OrderedDict of tensors whose size, 272 MB for FDViT-B, is its 68.1 M
+# parameters without decoders). ASSUMED: the official module tree under `fdvit.` (transformers'
+# `FDViTForImageClassification.fdvit = FDViTModel(...)`) and the head as `classifier`. A file in another
+# layout is refused by the strict loader, naming every key, never loaded wrongly.
+FDVIT_HF = [row for row in FDVIT if not row[0].startswith(("decoders.", "head."))] + [
+    ("classifier.{wb}",                                "head.{wb}",                       same),
+]
+
 _SLOTS = {
     "i": r"\d+",
+    "stage": r"\d+",
     "s": "[1-4]",
     "j": "[1-3]",
     "wb": "weight|bias",
@@ -194,6 +231,8 @@ FAMILIES = {
     "timm": ("a timm / DeiT ViT state dict", TIMM, ()),
     "torchvision": ("a torchvision VisionTransformer state dict", TORCHVISION_VIT, ()),
     "resnet": ("a torchvision ResNet state dict", RESNET, ()),
+    "fdvit": ("an official FDViT state dict", FDVIT, ()),
+    "fdvit_hf": ("a Hugging Face FDViT port (amd/FDViT_*; assumed layout)", FDVIT_HF, ("fdvit.",)),
     "tinyvit": ("a tinyvit directory", None, ()),
 }
 _COMPILED = {fam: [(compile_pattern(p), t, f) for p, t, f in table]

@@ -14,6 +14,7 @@ from dataclasses import fields
 
 from torch import nn
 
+from tinyvit.fdvit import FDViT, FDViTConfig
 from tinyvit.preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from tinyvit.resnet import ResNet, ResNetConfig
 from tinyvit.vit import ViTConfig, VisionTransformer
@@ -39,6 +40,13 @@ def _resnet(block, layers, preprocess=TORCHVISION):
     return dict(arch="resnet", config=dict(block=block, layers=layers), preprocess=preprocess)
 
 
+def _fdvit(patch, base_dims, heads, depth):
+    # AMD-AIG-AIMA/AMD_FDViT fdvit.py, @register_model fdvit_ti/s/b; evaluated as DeiT (datasets.py:
+    # short side 224 / 0.875 = 256 bicubic, centre crop 224, ImageNet mean/std).
+    config = dict(patch_size=patch, stride=patch // 2, base_dims=base_dims, heads=heads, depth=depth)
+    return dict(arch="fdvit", config=config, preprocess=DEIT)
+
+
 PRESETS = {
     "vit_tiny_patch16_224": _vit(192, 12, 3),
     "vit_small_patch16_224": _vit(384, 12, 6),
@@ -55,17 +63,21 @@ PRESETS = {
     "resnet18": _resnet("basic", (2, 2, 2, 2)),
     "resnet34": _resnet("basic", (3, 4, 6, 3)),
     "resnet50": _resnet("bottleneck", (3, 4, 6, 3), preprocess=TORCHVISION_V2),
+    "fdvit_ti": _fdvit(16, (32, 23, 21, 23, 26), (2, 4, 6, 8, 10), (2, 3, 3, 2, 2)),
+    "fdvit_s": _fdvit(16, (48, 34, 32, 34, 38), (3, 6, 9, 12, 15), (2, 3, 3, 2, 2)),
+    "fdvit_b": _fdvit(14, (64, 45, 64, 45, 64), (4, 8, 8, 16, 16), (3, 3, 3, 2, 2)),
 }
+
+# The config class of each architecture name ("arch" in PRESETS and in saved config.json files).
+CONFIGS = {"vit": ViTConfig, "resnet": ResNetConfig, "fdvit": FDViTConfig}
+MODELS = {"vit": VisionTransformer, "resnet": ResNet, "fdvit": FDViT}
 
 
 def build_model(arch: str, config: dict, preprocess: Preprocess | None = None) -> nn.Module:
-    """Build a bare model from its architecture name ('vit' or 'resnet') and config dict."""
-    if arch == "vit":
-        model = VisionTransformer(ViTConfig(**config))
-    elif arch == "resnet":
-        model = ResNet(ResNetConfig(**config))
-    else:
-        raise ValueError(f"unknown architecture {arch!r}; expected 'vit' or 'resnet'")
+    """Build a bare model from its architecture name ('vit', 'resnet' or 'fdvit') and config dict."""
+    if arch not in MODELS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(MODELS)}")
+    model = MODELS[arch](CONFIGS[arch](**config))
     model.preprocess = preprocess
     return model
 
@@ -80,13 +92,13 @@ def preset(name: str) -> dict:
 def preset_model(name: str, num_classes: int = 1000, image_size: int | None = None, **overrides) -> nn.Module:
     """A preset by name, randomly initialised (tinyvit.create_model also loads weights).
 
-    `overrides` change ViTConfig / ResNetConfig fields (e.g. drop_path=0.1, pool="mean").
+    `overrides` change ViTConfig / ResNetConfig / FDViTConfig fields (e.g. drop_path=0.1, pool="mean").
     """
     entry = preset(name)
     config = dict(entry["config"], num_classes=num_classes, **overrides)
     preprocess = entry["preprocess"]
     if image_size is not None and image_size != preprocess.image_size:
-        if entry["arch"] == "vit":
+        if entry["arch"] != "resnet":
             config["image_size"] = image_size
         preprocess = preprocess.with_image_size(image_size)  # a ResNet is size-agnostic: only this changes
     return build_model(entry["arch"], config, preprocess)
@@ -95,7 +107,7 @@ def preset_model(name: str, num_classes: int = 1000, image_size: int | None = No
 def parse_overrides(items: list, model: str) -> dict:
     """['depth=2,dim=64', 'drop_path=0.1'] -> {'depth': 2, 'dim': 64, 'drop_path': 0.1}, checked
     against the fields of the preset's config class."""
-    cls = ViTConfig if preset(model)["arch"] == "vit" else ResNetConfig
+    cls = CONFIGS[preset(model)["arch"]]
     allowed = {f.name for f in fields(cls)} - {"num_classes", "image_size"}
     out = {}
     # Commas separate fields only before "key=": layers=[1,1,1,1] stays whole.

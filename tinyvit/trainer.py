@@ -33,7 +33,7 @@ from torch import nn
 from tinyvit import data, freeze, presets, recipe, rundir
 from tinyvit.augment import BatchAugment, seeded
 from tinyvit.batches import ImageBatches, TensorBatches
-from tinyvit.checkpoint import save_pretrained
+from tinyvit.checkpoint import arch_of, save_pretrained
 from tinyvit.evaluate import Tally, amp_dtype, autocast, evaluate, per_class_accuracy
 from tinyvit.hub import create_model
 from tinyvit.presets import PRESETS, parse_overrides
@@ -95,6 +95,10 @@ class Config:
     distill_alpha: float = 0.5
     distill_tau: float = 1.0
     compile: bool = False  # torch.compile the trained part of the model, for training and evaluation
+    # FDViT's masked reconstruction (tinyvit/fdvit.py): loss = CE + fd_ratio * the FD layers' mean MSE;
+    # 0 trains without decoders. The official commands use 0.03 with mask probability 0.2.
+    fd_ratio: float = 0.0
+    fd_mask: float = 0.2
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -119,7 +123,7 @@ def check_image_size(cfg: Config) -> None:
         if isinstance(patch, int) and patch >= 1 and (size < patch or size % patch):
             raise ValueError(f"--image-size {size}: {cfg.model} cuts images into {patch}x{patch} patches; "
                              f"use a multiple of {patch} (the smallest is {patch})")
-    elif size < RESNET_MIN_SIZE:
+    elif preset["arch"] == "resnet" and size < RESNET_MIN_SIZE:
         raise ValueError(f"--image-size {size}: a ResNet downsamples by 32; use at least {RESNET_MIN_SIZE} pixels")
 
 
@@ -128,10 +132,21 @@ def check_image_size(cfg: Config) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def fd_reconstruction(model: nn.Module, cfg: Config) -> nn.Module:
+    """FDViT (tinyvit/fdvit.py): its FD layers' decoders exist only while --fd-ratio trains them."""
+    if not (math.isfinite(cfg.fd_ratio) and cfg.fd_ratio >= 0):
+        raise ValueError(f"--fd-ratio {cfg.fd_ratio}: expected a loss weight of 0 or more")
+    if hasattr(model, "set_reconstruction"):
+        return model.set_reconstruction(cfg.fd_mask if cfg.fd_ratio else None)
+    if cfg.fd_ratio:
+        raise ValueError(f"--fd-ratio {cfg.fd_ratio:g}: {cfg.model} has no FD layers to train (an fdvit_* preset has)")
+    return model
+
+
 def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn.Module:
     overrides = parse_overrides(cfg.override, cfg.model)
     if cfg.weights == "none":
-        return create_model(cfg.model, num_classes=num_classes, image_size=cfg.image_size, **overrides)
+        return fd_reconstruction(create_model(cfg.model, num_classes=num_classes, image_size=cfg.image_size, **overrides), cfg)
     if cfg.weights == "official":
         source = True
     else:
@@ -158,7 +173,7 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
             model.set_image_size(size)  # resamples the position embedding
         else:  # a ResNet takes any size: only the preprocessing changes
             model.preprocess = model.preprocess.with_image_size(size)
-    return model
+    return fd_reconstruction(model, cfg)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -319,6 +334,7 @@ class Meter:
     def load(self, state: dict) -> None:
         z = lambda key: torch.tensor(float(state.get(key, 0.0)), dtype=torch.float64, device=self.device)  # noqa: E731
         self.loss_sum, self.correct, self.count = z("loss_sum"), z("correct"), z("count")
+        self.aux_sum = z("aux_sum")  # FDViT's reconstruction MSE, summed like the loss (--fd-ratio)
         self.seconds, self.since = state.get("train_seconds", 0.0), time.perf_counter()
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -328,10 +344,10 @@ class Meter:
 
     def state(self, world: int) -> dict:
         """The sums over all processes, as plain numbers."""
-        sums = torch.stack([self.loss_sum, self.correct, self.count])
+        sums = torch.stack([self.loss_sum, self.correct, self.count, self.aux_sum])
         if world > 1:
             torch.distributed.all_reduce(sums)
-        return {"loss_sum": sums[0].item(), "correct": sums[1].item(), "count": int(sums[2].item()),
+        return {"loss_sum": sums[0].item(), "correct": sums[1].item(), "count": int(sums[2].item()), "aux_sum": sums[3].item(),
                 "train_seconds": self.seconds + time.perf_counter() - self.since}
 
 
@@ -448,8 +464,14 @@ class Trainer:
         features = inputs if self.features["train"] is not None else self.split.prefix(inputs)
         logits = self.train_net(features)
         if self.distiller is None:
-            return self.recipe.loss(logits, targets), logits
-        return self.distiller.loss(logits, targets, inputs, indices)  # DeiT's; logits become the heads' mean
+            loss = self.recipe.loss(logits, targets)
+        else:
+            loss, logits = self.distiller.loss(logits, targets, inputs, indices)  # DeiT's; logits: the heads' mean
+        if self.cfg.fd_ratio:  # FDViT: + ratio x its FD layers' reconstruction MSE from this forward
+            aux = self.model.auxiliary_loss()
+            self.meter.aux_sum += aux.detach().double() * logits.shape[0]
+            loss = loss + self.cfg.fd_ratio * aux
+        return loss, logits
 
     def batches(self, name: str, lists: list, first_step: Optional[int] = None):
         """(inputs, labels) on the device per list of indices: cached features, or images from the source."""
@@ -502,6 +524,9 @@ class Trainer:
         }
         if self.distiller is not None:
             row.update(self.distiller.epoch_metrics(self.dist.world))
+        if self.cfg.fd_ratio:  # FDViT's two terms: classification, and the unweighted reconstruction MSE
+            recon = train["aux_sum"] / train["count"]
+            row.update(train_cls_loss=row["train_loss"] - self.cfg.fd_ratio * recon, train_recon_loss=recon)
         self.history.append(row)
         self.last_confusion = tally.confusion.cpu()
         self.meter.load({})
@@ -587,6 +612,9 @@ class Trainer:
             from tinyvit.flops import describe_token_learner
 
             self.log(describe_token_learner(self.model.cfg))
+        if hasattr(self.model, "flops"):  # FDViT: counted both ways (its published numbers omit attention)
+            self.log(f"forward FLOPs per image: {self.model.flops() / 1e9:.3f} G with the attention matmuls, "
+                     f"{self.model.flops(attention_matmuls=False) / 1e9:.3f} G layers only (2 FLOPs per multiply-add)")
         where = "one tensor on the device" if isinstance(self.train_data, TensorBatches) else "image files"
         self.log(f"{cfg.model} ({cfg.weights} weights) on {cfg.dataset}: {len(self.splits.train):,} train / "
                  f"{len(self.splits.val):,} val images at {self.preprocess.image_size} px ({where}), {len(self.classes)} classes; "
@@ -624,7 +652,7 @@ class Trainer:
         return {
             "format": rundir.CHECKPOINT_FORMAT, "version": rundir.CHECKPOINT_VERSION,
             "config": self.run_config(),
-            "arch": "vit" if self.split.is_vit else "resnet",
+            "arch": arch_of(self.model),
             "model_config": self.model.cfg.to_dict(), "preprocess": self.preprocess.to_dict(),
             # what tinyvit.export of an unfinished run serves with (model.safetensors's preprocessing)
             "eval_preprocess": data.eval_preprocess(self.preprocess, self.splits.low_res).to_dict(),
