@@ -345,7 +345,7 @@ def test_hugging_face_port_layout_loads_with_equal_logits(tmp_path):
           for k, v in ref.state_dict().items() if not k.startswith("decoders.")}
     (tmp_path / "hf").mkdir()
     torch.save(sd, tmp_path / "hf" / "pytorch_model.bin")
-    model = tinyvit.load_pretrained(tmp_path / "hf", num_heads=list(cfg.heads))
+    model = tinyvit.load_pretrained(tmp_path / "hf" / "pytorch_model.bin", num_heads=list(cfg.heads))
     assert not model.cfg.decoders and model.cfg.stride == 2 and model.cfg.image_size == 32
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

@@ -50,7 +50,7 @@ HUB = {
     "resnet50": {"url": _TORCHVISION + "resnet50-11ad3fa6.pth"},  # IMAGENET1K_V2, torchvision's DEFAULT
     # FDViT: AMD's Hugging Face ports (the hub checks their sha256). Their key layout could not be read
     # (tinyvit/keymaps.py FDVIT_HF is an assumption): a file in another layout is refused by name, key by
-    # key. The release's Google Drive links (AMD-AIG-AIMA/AMD_FDViT readme.md) state no hash and are
+    # key. The release's Google Drive links (in the README of github.com/AMD-AIG-AIMA/AMD_FDViT) state no hash and are
     # share pages, not files: download one by hand and pass its path (the official layout is confirmed).
     "fdvit_ti": {"hf": "amd/FDViT_ti", "file": "pytorch_model.bin"},
     "fdvit_s": {"hf": "amd/FDViT_s", "file": "pytorch_model.bin"},
