@@ -28,6 +28,7 @@ from tinyvit import data, freeze, recipe, rundir
 from tinyvit.checkpoint import save_pretrained
 from tinyvit.evaluate import Tally, amp_dtype, autocast, evaluate, per_class_accuracy
 from tinyvit.hub import create_model
+from tinyvit.mae import PRETRAIN_FILE, finetune_model, param_groups_lrd
 from tinyvit.presets import PRESETS, build_model, parse_overrides
 from tinyvit.preprocess import Preprocess
 from tinyvit.processes import Dist, Interrupted, StopRequest, random_state, set_random_state, start_workers
@@ -84,6 +85,7 @@ class Config:
     distill: Optional[str] = None  # "hard" (the default with --teacher) or "soft"
     distill_alpha: float = 0.5
     distill_tau: float = 1.0
+    layer_decay: Optional[float] = None  # MAE/BEiT layer-wise lr decay (tinyvit/mae.py param_groups_lrd); None: off
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -127,6 +129,14 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
         source = Path(cfg.weights)
         if not source.exists():
             raise FileNotFoundError(f"--weights {source}: no such file or directory")
+        if (source / PRETRAIN_FILE).is_file():  # a tinyvit.pretrain run: its encoder, with a new head
+            from tinyvit.convert import load_pretrained
+
+            wanted = {**PRESETS[cfg.model]["config"], **overrides}
+            model = finetune_model(load_pretrained(source), num_classes, wanted, overrides)
+            if cfg.image_size is not None and cfg.image_size != model.cfg.image_size:
+                model.set_image_size(cfg.image_size)
+            return model
     # A different class count gets a new head from the loader already; a new head either way
     # unless --keep-head: the study trains a fresh classifier.
     try:
@@ -249,7 +259,13 @@ class Trainer:
         if self.lr == 0:
             self.warn("--lr 0: the learning rate is zero, so nothing will train")
         self.schedule = partial(lr_factor, warmup=self.warmup, total=total)
-        self.optimizer = torch.optim.AdamW(freeze.param_groups(self.model, cfg.weight_decay), lr=self.lr)
+        if cfg.layer_decay is None:
+            groups = freeze.param_groups(self.model, cfg.weight_decay)
+        elif not self.split.is_vit:
+            raise ValueError(f"--layer-decay {cfg.layer_decay}: layer-wise decay counts ViT blocks; {cfg.model} is a ResNet")
+        else:  # each group at lr x its layer's scale: LambdaLR then scales them all by the schedule
+            groups = [dict(g, lr=self.lr * g["lr_scale"]) for g in param_groups_lrd(self.model, cfg.weight_decay, cfg.layer_decay)]
+        self.optimizer = torch.optim.AdamW(groups, lr=self.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.ddp = self.split
