@@ -269,3 +269,40 @@ def test_finetune_refuses_an_encoder_of_another_architecture(tmp_path):
         finetune.main(["--model", "vit_tiny_patch16_224", "--weights", str(tmp_path / "run"), "--dataset", "digits",
                        "--image-size", "16", "--override", "patch_size=4,dim=64,depth=2,num_heads=4,mlp_dim=64",
                        "--out", str(tmp_path / "ft"), "--num-workers", "0"])
+
+
+def test_study_pretrains_distils_and_draws_reference_lines(tmp_path, capsys):
+    """The levers study's machinery on a tiny grid: a pretraining run per seed shared by every size, a
+    ViT distilled from the ResNet run of the same images, and the raw-pixel reference lines."""
+    from tinyvit import study
+
+    vit = f"vit_tiny_patch16_224 --image-size 16 --override {ARCH},pool=mean"
+    code = study.main([
+        "--out", str(tmp_path / "s"), "--models", f"mae={vit} --layer-decay 0.75", f"dist={vit}",
+        "r18=resnet18 --image-size 32", "--train-sizes", "20", "40", "--seeds", "0", "--steps", "2",
+        "--pretrain", "mae=--epochs 1 --batch-size 128 --limit-train 256 --decoder-dim 16 --decoder-depth 1 --decoder-heads 2",
+        "--teacher", "dist=r18", "--reference", "knn", "logreg",
+        "--", "--dataset", "digits", "--recipe", "scratch", "--mixup", "0", "--cutmix", "0", "--batch-size", "32",
+        "--num-workers", "0", "--limit-val", "90"])
+    assert code == 0, capsys.readouterr().out
+    out = tmp_path / "s"
+    pre = out / "pretrain-mae-seed0"
+    assert (pre / "summary.json").is_file() and json.loads((pre / "summary.json").read_text())["steps"] == 2
+    for n in (20, 40):  # every size fine-tunes the one pretrained encoder; the distilled ViT reads its twin
+        mae_run = json.loads((out / f"mae-n{n}-seed0" / "summary.json").read_text())["config"]
+        assert mae_run["weights"] == str(pre) and mae_run["layer_decay"] == 0.75
+        dist_run = json.loads((out / f"dist-n{n}-seed0" / "summary.json").read_text())["config"]
+        assert dist_run["teacher"] == str(out / f"r18-n{n}-seed0")
+    table = (out / "results.md").read_text()
+    assert "pretrain steps" in table and "Reference, raw pixels" in table
+    refs = json.loads((out / "reference.json").read_text())
+    assert set(refs) == {"1-NN, raw pixels", "logistic regression, raw pixels"}
+    assert all(0.3 < a <= 1 for accs in refs.values() for a in accs.values())
+    assert (out / "scaling.png").is_file()
+    # the same command again skips everything, pretraining included
+    assert study.main(["--out", str(out), "--models", f"mae={vit} --layer-decay 0.75", "--train-sizes", "20",
+                       "--seeds", "0", "--steps", "2", "--pretrain", "mae=--epochs 1 --batch-size 128 --limit-train 256 "
+                       "--decoder-dim 16 --decoder-depth 1 --decoder-heads 2", "--", "--dataset", "digits", "--recipe",
+                       "scratch", "--mixup", "0", "--cutmix", "0", "--batch-size", "32", "--num-workers", "0",
+                       "--limit-val", "90"]) == 0
+    assert "already finished" in capsys.readouterr().out
