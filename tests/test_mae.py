@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -306,3 +311,67 @@ def test_study_pretrains_distils_and_draws_reference_lines(tmp_path, capsys):
                        "scratch", "--mixup", "0", "--cutmix", "0", "--batch-size", "32", "--num-workers", "0",
                        "--limit-val", "90"]) == 0
     assert "already finished" in capsys.readouterr().out
+
+
+PRETRAIN = ["--method", "mae", "--model", "vit_tiny_patch16_224", "--dataset", "digits", "--image-size", "16",
+            "--override", ARCH, "--batch-size", "32", "--limit-train", "160", "--decoder-dim", "16",
+            "--decoder-depth", "1", "--decoder-heads", "2", "--num-workers", "0", "--no-progress"]
+
+
+def test_a_stop_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Stopped after 7 steps (mid-epoch 2 of 5 steps each), resumed: the same encoder, bit for bit, as
+    the run that was never stopped (batches, masks and schedule continue where they were)."""
+    from safetensors.torch import load_file
+
+    from tinyvit import pretrain
+
+    assert pretrain.main(PRETRAIN + ["--epochs", "3", "--out", str(tmp_path / "straight")]) == 0
+
+    class StopAfter(pretrain.StopRequest):
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAfter.checks += 1
+            if StopAfter.checks >= 7:
+                self.signum = signal.SIGTERM
+            return self.signum is not None
+
+    monkeypatch.setattr(pretrain, "StopRequest", StopAfter)
+    out = tmp_path / "stopped"
+    assert pretrain.main(PRETRAIN + ["--epochs", "3", "--out", str(out)]) == 143
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["batches_done"]) == (1, 2)
+    monkeypatch.undo()
+    assert pretrain.main(["--out", str(out), "--resume", "--no-progress"]) == 0
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    straight = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in straight] == [r["loss"] for r in resumed]
+
+
+def test_sigterm_saves_a_pretraining_checkpoint_and_exits_143(tmp_path):
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    argv = PRETRAIN + ["--epochs", "500", "--out", str(out)]
+    with open(log, "w") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "tinyvit.pretrain", *argv], stdout=stdout, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while "epoch 1/500" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text() + proc.stderr.read()
+        os.killpg(proc.pid, signal.SIGTERM)
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143 and "Traceback" not in stderr, log.read_text() + stderr
+    assert "continue with: python -m tinyvit.pretrain" in log.read_text().lower()
+    from tinyvit import rundir
+
+    rundir.verify(out / "checkpoint.pt")
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 1
+    assert not (out / rundir.LOCK).exists()
