@@ -156,6 +156,10 @@ def test_mae_refuses_what_its_code_cannot_do():
         MaskedAutoencoder(small_vit(), mask_ratio=0.99)
     with pytest.raises(ValueError, match="fc_norm"):
         MaskedAutoencoder(small_vit(fc_norm=True, pool="mean"))
+    with pytest.raises(ValueError, match=r"MAE decoder \(decoder_dim=30.*divisible"):
+        MaskedAutoencoder(small_vit(), decoder_dim=30, decoder_heads=4)
+    with pytest.raises(ValueError, match="SPT|sees beyond its patch"):
+        MaskedAutoencoder(small_vit(patch_embed="spt"))
 
 
 def test_reconstruction_pastes_the_visible_patches():

@@ -163,10 +163,14 @@ class MaskedAutoencoder(nn.Module):
         self.encoder, self.mask_ratio, self.norm_pix_loss = encoder, mask_ratio, norm_pix_loss
         self.patch_size, self.in_channels = cfg.patch_size, cfg.in_channels
         prefix = encoder.num_prefix_tokens
-        dec = ViTConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, in_channels=cfg.in_channels,
-                        num_classes=0, dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads,
-                        mlp_dim=4 * decoder_dim, norm_eps=cfg.norm_eps, act=cfg.act, kernels=cfg.kernels,
-                        pos_embed="sincos", class_token=cfg.class_token, pool="cls" if cfg.class_token else "mean")
+        try:
+            dec = ViTConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, in_channels=cfg.in_channels,
+                            num_classes=0, dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads,
+                            mlp_dim=4 * decoder_dim, norm_eps=cfg.norm_eps, act=cfg.act, kernels=cfg.kernels,
+                            pos_embed="sincos", class_token=cfg.class_token, pool="cls" if cfg.class_token else "mean")
+        except ValueError as e:
+            raise ValueError(f"MAE decoder (decoder_dim={decoder_dim}, decoder_depth={decoder_depth}, "
+                             f"decoder_heads={decoder_heads}): {e}") from None
         self.decoder_cfg = dec
         self.decoder_embed = nn.Linear(cfg.dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
