@@ -37,6 +37,8 @@ PLOTS = {
     "11": ["11_data_scaling.png"],
     "12": ["12_distillation.png"],
     "13": ["13_token_learner.png"],
+    "14": ["14_mae.png"],
+    "15": ["15_locality.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMEOUT_S = 300  # each takes ~5-20 s on 2 idle cores; the margin is for a loaded machine

@@ -183,3 +183,5 @@ print("saved", OUT / "13_token_learner.png")
 # **That's the series.** From pixels (1) to the block (4), the kernels (5, 6), real weights (7),
 # fine-tuning (8, 9), what the model sees (10), how much data it needs (11), and two ways to spend less compute: a smaller
 # student taught by a larger model (12), and fewer tokens (13).
+#
+# Next: [14_mae.py](14_mae.py), pretraining without labels, the way to the second half of the data-scaling story.
