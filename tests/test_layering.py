@@ -18,13 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "kernels": ["tinyvit.kernels", "tinyvit.kernels._dispatch", "tinyvit.kernels.attention",
                 "tinyvit.kernels.layernorm"],
-    "models": ["tinyvit.checks", "tinyvit.token_learner", "tinyvit.vit", "tinyvit.fdvit", "tinyvit.resnet", "tinyvit.flops"],
+    "models": ["tinyvit.checks", "tinyvit.token_learner", "tinyvit.vit", "tinyvit.fdvit", "tinyvit.resnet", "tinyvit.flops",
+               "tinyvit.locality", "tinyvit.mae"],
     "files": ["tinyvit.atomic", "tinyvit.rundir"],
     "formats": ["tinyvit.preprocess", "tinyvit.presets", "tinyvit.checkpoint", "tinyvit.keymaps",
                 "tinyvit.convert", "tinyvit.hub", "tinyvit.export"],
     "training": ["tinyvit.data", "tinyvit.augment", "tinyvit.batches", "tinyvit.recipe", "tinyvit.freeze", "tinyvit.evaluate", "tinyvit.processes",
                  "tinyvit.schedule", "tinyvit.report", "tinyvit.cache", "tinyvit.distill", "tinyvit.trainer"],
-    "entry points": ["tinyvit.finetune", "tinyvit.study", "tinyvit.compare", "tinyvit.predict"],
+    "entry points": ["tinyvit.finetune", "tinyvit.study", "tinyvit.compare", "tinyvit.predict", "tinyvit.pretrain"],
     "public API": ["tinyvit"],
 }
 LAYER_OF = {m: i for i, names in enumerate(LAYERS.values()) for m in names}

@@ -37,6 +37,8 @@ PLOTS = {
     "11": ["11_data_scaling.png"],
     "12": ["12_distillation.png"],
     "13": ["13_token_learner.png"],
+    "14": ["14_mae.png"],
+    "15": ["15_locality.png"],
     "16": ["16_fdvit.png"],
     "17": ["17_hf_trainer.png"],
 }

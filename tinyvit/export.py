@@ -32,7 +32,8 @@ table; the row that produces it names the key to write, and a fused qkv is cut b
 and v thirds. Reading the export back gives the same keys and tensors (tests/test_export.py).
 
 What a target cannot represent is refused, one line naming the config field: fixed sin-cos positions
-(both store learned ones), the in21k pre-logits layer and TokenLearner (neither has them), pooling
+(both store learned ones), the small-data designs (Shifted Patch Tokenization, the conv stem, Locality
+Self-Attention: tinyvit/locality.py), the in21k pre-logits layer and TokenLearner (neither has them), pooling
 other than the class token for transformers (its classifier reads the normalised h[:, 0]), a
 LayerNorm eps other than 1e-6 for timm (its ViT hard-codes it), and any config field this module does
 not know. Training-only settings (dropout, stochastic depth, the kernels) do not change the logits
@@ -148,6 +149,7 @@ _KNOWN = {
     "qkv_bias", "patch_embed", "pos_embed", "class_token", "pool", "fc_norm", "distilled", "pre_logits",
     "norm_eps", "act", "dropout", "attn_dropout", "drop_path", "kernels",
     "token_learner_at", "token_learner_tokens",  # where TokenLearner sits; tokens > 0 is refused below, once
+    "lsa",  # Locality Self-Attention, refused below
 }
 
 
@@ -169,6 +171,10 @@ def refusals(model: nn.Module, to: str) -> list[str]:
             out.append(f"ViTConfig.{f.name}={getattr(cfg, f.name)!r}: tinyvit.export does not know how {lib} would run it")
     if getattr(cfg, "token_learner_tokens", 0):
         out.append(f"ViTConfig.token_learner_tokens={cfg.token_learner_tokens}: {lib} has no TokenLearner")
+    if cfg.patch_embed in ("spt", "conv_stem"):
+        out.append(f"ViTConfig.patch_embed={cfg.patch_embed!r}: {lib} embeds patches with one strided convolution")
+    if cfg.lsa:
+        out.append(f"ViTConfig.lsa=True: {lib}'s attention has no learnable temperature and no masked diagonal")
     if cfg.pos_embed == "sincos":
         out.append(f"ViTConfig.pos_embed='sincos': {lib} stores learned position embeddings only")
     if cfg.pre_logits:

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help=f"peak learning rate (default by --unfreeze: {LR_DEFAULTS})")
     p.add_argument("--weight-decay", type=_at_least_zero(float), help=f"AdamW decoupled weight decay (default: {d.weight_decay})")
     p.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: 1, or a tenth of a shorter run)")
+    p.add_argument("--layer-decay", type=float, metavar="D", help="layer-wise lr decay (MAE/BEiT): block k trains at lr x "
+                   "D^(depth-k), the embeddings at lr x D^(depth+1), the head at lr (MAE: 0.65 for ViT-B; default: off)")
     p.add_argument("--seed", type=int, help=f"default: {d.seed}")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--amp", choices=AMP_CHOICES, help="autocast dtype (default auto: bf16 on GPU, off on CPU)")

@@ -79,6 +79,19 @@ def _block_tokens(cfg, patches: int) -> list[int]:
     return [p + (s if s and i > cfg.token_learner_block else patches) for i in range(cfg.depth)]
 
 
+def patch_embed_flops(cfg, image_size: int) -> int:
+    """The patch embedding: one matrix of (p p c) -> d per patch; Shifted Patch Tokenization reads 5
+    shifted copies, (p p 5c) -> d; the conv stem its convolutions (tinyvit/locality.py)."""
+    patches = (image_size // cfg.patch_size) ** 2
+    kind = getattr(cfg, "patch_embed", "conv")
+    if kind == "conv_stem":
+        from tinyvit.locality import conv_stem_flops
+
+        return conv_stem_flops(cfg.in_channels, cfg.dim, cfg.patch_size, image_size)
+    copies = 5 if kind == "spt" else 1
+    return 2 * patches * (cfg.patch_size**2 * cfg.in_channels * copies) * cfg.dim
+
+
 def vit_flops(cfg, image_size: Optional[int] = None, reduced_last_block: bool = True) -> int:
     """Forward FLOPs per image of a ViT with config `cfg` (a ViTConfig) at `image_size` (default: cfg's).
 
@@ -89,7 +102,7 @@ def vit_flops(cfg, image_size: Optional[int] = None, reduced_last_block: bool = 
     size = cfg.image_size if image_size is None else image_size
     patches = (size // cfg.patch_size) ** 2
     tokens = _block_tokens(cfg, patches)
-    flops = 2 * patches * (cfg.patch_size**2 * cfg.in_channels) * cfg.dim  # the patch embedding
+    flops = patch_embed_flops(cfg, size)
     flops += sum(block_flops(n, n, cfg.dim, cfg.mlp_dim) for n in tokens[:-1])
     m = _head_tokens(cfg) if reduced_last_block else None
     flops += block_flops(m or tokens[-1], tokens[-1], cfg.dim, cfg.mlp_dim)

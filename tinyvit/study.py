@@ -30,6 +30,19 @@ How the runs are made comparable:
   covers about as many images as an epoch of the full split. `--same-epochs` turns this off.
   Steps, epochs and passes are recorded per run.
 
+Levers a run needs from another run (the levers study, `make levers`):
+- **Self-supervised pretraining**, `--pretrain LABEL='FLAGS'`: before model LABEL is fine-tuned,
+  one `python -m tinyvit.pretrain` run per seed (its folder `pretrain-LABEL-seedS`) learns from the
+  images of the full training split without labels, with the model's own --model, --image-size and
+  --override, the study's --dataset, and FLAGS (--epochs, --blr, --mask-ratio, ...); every run of
+  LABEL with that seed then starts from its encoder (`--weights`). Its steps are in the table.
+- **Distillation**, `--teacher LABEL=TEACHER`: each run of LABEL distils from the run of model
+  TEACHER with the same training images and seed (`--teacher`), so the teacher saw the same labels
+  and no others. TEACHER's runs go first.
+- **Reference lines**, `--reference knn logreg`: 1-nearest-neighbour and logistic regression
+  (scikit-learn) on the raw pixels of the same nested subsets, drawn dashed in the plot and written
+  to reference.json; they have no seed.
+
 Every run lives in its own folder under --out; a finished one (summary.json) is skipped, an
 interrupted one resumed (`--resume`), so the same command continues a study after Ctrl-C. A run
 already there counts only if its recorded config is the one this command plans for it (another
@@ -165,6 +178,7 @@ class Run:
     repeat: int = 1
     steps: int = 0
     argv: list = field(default_factory=list)
+    pretrain: Optional[Path] = None  # the tinyvit.pretrain run whose encoder it fine-tunes
 
     @property
     def passes(self) -> int:
@@ -210,6 +224,67 @@ def plan(models, sizes, grid, seeds, full: int, batch: int, steps: Optional[int]
 # ---------------------------------------------------------------------------------------------
 # Running: skip what finished, resume what was interrupted.
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainRun:
+    label: str
+    seed: int
+    out: Path
+    epochs: int
+    argv: list
+
+
+def plan_pretraining(models, specs: dict, checked: dict, seeds, data_seed: int, out: Path) -> dict:
+    """(label, seed) -> the PretrainRun that model's runs with that seed start from."""
+    from tinyvit import pretrain
+
+    plans = {}
+    for m in models:
+        if m.label not in specs:
+            continue
+        cfg = checked[m.label]
+        common = ["--model", m.preset, "--dataset", cfg.dataset, "--data-dir", str(cfg.data_dir)]
+        common += ["--image-size", str(cfg.image_size)] if cfg.image_size else []
+        common += [a for o in cfg.override for a in ("--override", o)]
+        common += ["--num-workers", str(cfg.num_workers)] if cfg.num_workers is not None else []
+        for seed in seeds:
+            folder = out / f"pretrain-{m.label}-seed{seed}"
+            argv = [*common, *specs[m.label], "--out", str(folder), "--seed", str(seed), "--data-seed", str(data_seed),
+                    "--no-progress"]
+            try:
+                pcfg, _ = pretrain.parse_args(argv)
+            except SystemExit:
+                raise ValueError(f"--pretrain {m.label}: tinyvit.pretrain rejected its flags (above)") from None
+            plans[(m.label, seed)] = PretrainRun(m.label, seed, folder, pcfg.epochs, argv)
+    return plans
+
+
+def execute_pretraining(plans: list, log) -> int:
+    """Run (or resume) the pretraining runs that have not finished, in this process."""
+    from tinyvit import pretrain
+
+    for p in plans:
+        if (p.out / "summary.json").is_file():
+            continue
+        fake = Run(ModelSpec(p.label, ""), 0, {}, p.seed, p.out, epochs=p.epochs)
+        argv = p.argv + (["--resume"] if state(fake) == "resume" else ["--force"])
+        path = p.out.parent / "logs" / f"{p.out.name}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with open(path, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            print(f"$ python -m tinyvit.pretrain {shlex.join(argv)}", flush=True)
+            try:
+                code = pretrain.main(argv)
+            except SystemExit as e:
+                print(e.code, flush=True)
+                code = e.code if isinstance(e.code, int) else 2
+        if code:
+            log(f"{p.out.name}: failed (exit {code}); full log: {path}")
+            return code
+        s = json.loads((p.out / "summary.json").read_text())
+        log(f"{p.out.name}: MAE loss {s['final_loss']:.4f} after {s['steps']} steps, {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 def state(run: Run) -> str:
@@ -444,6 +519,7 @@ def gather(runs: list[Run], full: int) -> list[dict]:
             # What the run did (its own record), not what this plan would give it today.
             "epochs": s["epochs"], "passes": s["epochs"] * repeat,
             "steps": sum(math.ceil(r["train_images"] / batch) for r in history),
+            **({"pretrain_steps": json.loads((run.pretrain / "summary.json").read_text())["steps"]} if run.pretrain else {}),
             "params": s["total_params"], "flops_per_image": flops_cache[key],
             "final_val_acc": round(s["final"]["val_acc"], 6), "best_val_acc": round(s["best"]["val_acc"], 6),
             "seconds": round(sum(r["seconds"] for r in history), 1), "run": run.out.name,
@@ -480,17 +556,49 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def markdown_table(rows: list[dict], grid: dict) -> str:
     """One line per grid point: the accuracies as mean ± std over seeds (percent)."""
     keys = axes_of(rows, grid)
-    lines = ["| " + " | ".join(keys) + " | seeds | steps | params | MFLOPs/img | final val acc % | best val acc % | s/run |",
-             "|" + "---|" * (len(keys) + 7)]
+    pre = any("pretrain_steps" in r for r in rows)  # a column only in studies with pretraining
+    lines = ["| " + " | ".join(keys) + " | seeds | steps |" + (" pretrain steps |" if pre else "")
+             + " params | MFLOPs/img | final val acc % | best val acc % | s/run |",
+             "|" + "---|" * (len(keys) + 7 + pre)]
     for values, rs in group(rows, keys).items():
         final, best = mean_std([100 * r["final_val_acc"] for r in rs]), mean_std([100 * r["best_val_acc"] for r in rs])
-        lines.append("| " + " | ".join(str(v) for v in values) + f" | {len(rs)} | {rs[0]['steps']} | {rs[0]['params']:,} | "
+        lines.append("| " + " | ".join(str(v) for v in values) + f" | {len(rs)} | {rs[0]['steps']} | "
+                     + (f"{rs[0].get('pretrain_steps', 0)} | " if pre else "") + f"{rs[0]['params']:,} | "
                      f"{rs[0]['flops_per_image'] / 1e6:.2f} | {final[0]:.2f} ± {final[1]:.2f} | {best[0]:.2f} ± {best[1]:.2f} | "
                      f"{statistics.fmean(r['seconds'] for r in rs):.0f} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], grid: dict, out: Path, title: str) -> Optional[Path]:
+REFERENCES = {"knn": "1-NN, raw pixels", "logreg": "logistic regression, raw pixels"}
+
+
+def reference_accuracies(dataset: str, data_dir, sizes: list, data_seed: int, which: list) -> dict:
+    """Validation accuracy of scikit-learn classifiers on raw pixels (0..1), trained on the same nested
+    subsets as the runs (tinyvit.data.limit with the data seed): {name: {size: accuracy}}."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from tinyvit import data
+
+    splits = data.load_splits(dataset, Path(data_dir) if data_dir else None, seed=data_seed)
+
+    def arrays(ds):
+        items = [ds[i] for i in range(len(ds))]
+        return np.stack([np.asarray(im, dtype=np.float32).ravel() / 255 for im, _ in items]), np.array([y for _, y in items])
+
+    x_val, y_val = arrays(splits.val)
+    out = {}
+    for name in which:
+        out[REFERENCES[name]] = {}
+        for n in sizes:
+            x, y = arrays(data.limit(splits.train, n, data_seed))
+            model = KNeighborsClassifier(1) if name == "knn" else LogisticRegression(max_iter=2000)
+            out[REFERENCES[name]][n] = float((model.fit(x, y).predict(x_val) == y_val).mean())
+    return out
+
+
+def plot(rows: list[dict], grid: dict, out: Path, title: str, references: Optional[dict] = None) -> Optional[Path]:
     """scaling.png when the training size varies, else sweep.png (grouped bars); None for one point."""
     from tinyvit.report import pyplot, save_figure
 
@@ -505,6 +613,9 @@ def plot(rows: list[dict], grid: dict, out: Path, title: str) -> Optional[Path]:
             label = ", ".join([str(line[0])] + [f"{k}={v}" for k, v in zip(varying, line[1:])])
             ax.errorbar([n for (n,), _ in points], [m for m, _ in stats], yerr=[s for _, s in stats],
                         marker="o", capsize=3, label=label)
+        for name, accs in (references or {}).items():
+            ax.plot(sizes, [100 * accs[n] for n in sizes], linestyle="--", color="grey" if "1-NN" in name else "black",
+                    alpha=0.7, label=name)
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.minorticks_off()
@@ -560,6 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--same-epochs", action="store_true", help="every run gets --epochs as given (no step budget)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes (default: 1, in this process)")
     p.add_argument("--title", help="the plot's title")
+    p.add_argument("--pretrain", action="extend", nargs="+", default=[], metavar="LABEL=FLAGS",
+                   help="pretrain model LABEL with tinyvit.pretrain FLAGS (one run per seed) and fine-tune from it")
+    p.add_argument("--teacher", action="extend", nargs="+", default=[], metavar="LABEL=TEACHER",
+                   help="model LABEL distils from model TEACHER's run on the same images and seed")
+    p.add_argument("--reference", nargs="+", default=[], choices=sorted(REFERENCES),
+                   help="reference lines in the plot: knn (1-NN), logreg (logistic regression) on raw pixels")
     return p
 
 
@@ -594,6 +711,18 @@ def main(argv=None) -> int:
             for combo in itertools.product(*grid.values()):
                 parse_overrides(list(cfg.override) + [f"{k}={v}" for k, v in zip(grid, combo)], m.preset)
             checked[m.label] = cfg
+        labels = {m.label for m in models}
+        specs, teachers = {}, {}
+        for item in args.pretrain:
+            label, sep, flags = item.partition("=")
+            if not sep or label not in labels:
+                raise ValueError(f"--pretrain {item!r}: expected LABEL=FLAGS with LABEL one of {', '.join(sorted(labels))}")
+            specs[label] = tuple(shlex.split(flags))
+        for item in args.teacher:
+            label, sep, teacher = item.partition("=")
+            if not sep or label not in labels or teacher not in labels or teacher == label:
+                raise ValueError(f"--teacher {item!r}: expected LABEL=TEACHER, two different labels of --models")
+            teachers[label] = teacher
         cfg = next(iter(checked.values()))
         if cfg.limit_train is not None:
             raise ValueError("--limit-train: the study sets it from --train-sizes")
@@ -612,7 +741,20 @@ def main(argv=None) -> int:
                 args.same_epochs, args.data_seed, out, passthrough,
                 per_model={label: (c.batch_size, c.epochs) for label, c in checked.items()})
     try:
-        check_recorded(runs)
+        pretraining = plan_pretraining(models, specs, checked, args.seeds, args.data_seed, out)
+    except ValueError as e:
+        raise SystemExit(f"tinyvit.study: error: {e}") from None
+    for run in runs:
+        if (run.model.label, run.seed) in pretraining:
+            run.pretrain = pretraining[(run.model.label, run.seed)].out
+            run.argv += ["--weights", str(run.pretrain)]
+        if run.model.label in teachers:
+            twin = next(r for r in runs if r.model.label == teachers[run.model.label] and r.size == run.size
+                        and r.seed == run.seed and r.overrides == run.overrides)
+            run.argv += ["--teacher", str(twin.out)]
+    runs.sort(key=lambda r: r.model.label not in set(teachers.values()))  # teachers first (a stable sort)
+    try:
+        check_recorded(runs)  # after the plan is complete: a run already there must have been made by it
     except StudyError as e:
         raise SystemExit(f"tinyvit.study: error: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
@@ -623,7 +765,7 @@ def main(argv=None) -> int:
             f"{m.label} {next(r.steps for r in runs if r.model == m and r.size == sizes[-1])}" for m in models)
          + " (smaller subsets: more passes)"))
     try:
-        code = execute(runs, args.jobs, log)
+        code = execute_pretraining(list(pretraining.values()), log) or execute(runs, args.jobs, log)
     except KeyboardInterrupt:  # between two runs (inside one, finetune saves a checkpoint and returns 130)
         log("interrupted: finished runs are kept; run the same command again to continue the study")
         code = 130
@@ -637,7 +779,14 @@ def main(argv=None) -> int:
         write_csv(rows, out / "results.csv")
         table = markdown_table(rows, grid)
         write_atomic(out / "results.md", lambda f: f.write(table.encode()))
-        figure = plot(rows, grid, out, args.title or f"{cfg.dataset}: {', '.join(m.label for m in models)}")
+        references = None
+        if args.reference:
+            references = reference_accuracies(cfg.dataset, cfg.data_dir, sizes, args.data_seed, args.reference)
+            write_atomic(out / "reference.json", lambda f: f.write((json.dumps(references, indent=1) + "\n").encode()))
+            table += "\nReference, raw pixels, same subsets: " + "; ".join(
+                f"{name} " + ", ".join(f"{n}: {100 * a:.1f}%" for n, a in accs.items()) for name, accs in references.items()) + "\n"
+            write_atomic(out / "results.md", lambda f: f.write(table.encode()))
+        figure = plot(rows, grid, out, args.title or f"{cfg.dataset}: {', '.join(m.label for m in models)}", references)
         log("\n" + table)
         log(f"wrote {out}/results.csv, results.md" + (f", {figure.name}" if figure else ""))
     return code

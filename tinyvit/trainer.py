@@ -36,6 +36,7 @@ from tinyvit.batches import ImageBatches, TensorBatches
 from tinyvit.checkpoint import arch_of, save_pretrained
 from tinyvit.evaluate import Tally, amp_dtype, autocast, evaluate, per_class_accuracy
 from tinyvit.hub import create_model
+from tinyvit.mae import PRETRAIN_FILE, finetune_model, param_groups_lrd
 from tinyvit.presets import PRESETS, parse_overrides
 from tinyvit.preprocess import Preprocess
 from tinyvit.processes import Dist, StopRequest, random_state, set_random_state
@@ -99,6 +100,7 @@ class Config:
     # 0 trains without decoders. The official commands use 0.03 with mask probability 0.2.
     fd_ratio: float = 0.0
     fd_mask: float = 0.2
+    layer_decay: Optional[float] = None  # MAE/BEiT layer-wise lr decay (tinyvit/mae.py param_groups_lrd); None: off
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -153,6 +155,14 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
         source = Path(cfg.weights)
         if not source.exists():
             raise FileNotFoundError(f"--weights {source}: no such file or directory")
+        if (source / PRETRAIN_FILE).is_file():  # a tinyvit.pretrain run: its encoder, with a new head
+            from tinyvit.convert import load_pretrained
+
+            wanted = {**PRESETS[cfg.model]["config"], **overrides}
+            model = finetune_model(load_pretrained(source), num_classes, wanted, overrides)
+            if cfg.image_size is not None and cfg.image_size != model.cfg.image_size:
+                model.set_image_size(cfg.image_size)
+            return model
     # A different class count gets a new head from the loader already; a new head either way
     # unless --keep-head: the study trains a fresh classifier.
     try:
@@ -291,7 +301,13 @@ def build_optimizer(cfg: Config, model: nn.Module, steps_per_epoch: int, warn: C
     lr = cfg.resolved_lr()
     if lr == 0:
         warn("--lr 0: the learning rate is zero, so nothing will train")
-    optimizer = torch.optim.AdamW(freeze.param_groups(model, cfg.weight_decay), lr=lr)
+    if cfg.layer_decay is None:
+        groups = freeze.param_groups(model, cfg.weight_decay)
+    elif not hasattr(model, "blocks"):
+        raise ValueError(f"--layer-decay {cfg.layer_decay}: layer-wise decay counts transformer blocks; {cfg.model} has none")
+    else:  # MAE/BEiT's: each group at lr x its layer's scale, then the schedule scales them all
+        groups = [dict(g, lr=lr * g["lr_scale"]) for g in param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay)]
+    optimizer = torch.optim.AdamW(groups, lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup, total=total))
     return optimizer, scheduler, warmup, lr
 

@@ -40,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tinyvit.checks import check_input_dtype, check_int, is_int, take_indices
 from tinyvit.kernels import attention, layer_norm
+from tinyvit.locality import ConvStem, ShiftedPatchTokenization, check_conv_stem
 from tinyvit.token_learner import TokenLearner
 
 
@@ -60,6 +61,8 @@ class ViTConfig:
     mlp_dim: int = 3072  # hidden width of the MLP (4 * dim in every official preset)
     qkv_bias: bool = True
     patch_embed: str = "conv"  # "conv" (strided Conv2d) or "linear" (Linear over flattened patches)
+    # ... or a small-data embedding (tinyvit/locality.py): "spt" (Shifted Patch Tokenization, Lee et al.
+    # 2021) or "conv_stem" (3x3 stride-2 convs with BatchNorm and ReLU, then a 1x1 conv; Xiao et al. 2021)
     pos_embed: str = "learned"  # "learned" or "sincos" (fixed 2-D sin-cos, not a parameter)
     class_token: bool = True
     # "cls" (the class token), "mean" (mean of the patch tokens) or "none" (no pooling: forward_head
@@ -85,6 +88,8 @@ class ViTConfig:
     # depth // 2 - 1) the patch tokens become token_learner_tokens learned ones; 0 turns it off.
     token_learner_tokens: int = 0
     token_learner_at: Optional[int] = None
+    # Locality Self-Attention (Lee et al. 2021): learnable temperature per head, no attention to oneself
+    lsa: bool = False
 
     def __post_init__(self):
         # Sizes first, by field name: a zero patch would divide by zero below, a zero image size or
@@ -111,7 +116,7 @@ class ViTConfig:
         if self.dim % self.num_heads:
             raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
         for field, allowed in [
-            ("patch_embed", ("conv", "linear")),
+            ("patch_embed", ("conv", "linear", "spt", "conv_stem")),
             ("pos_embed", ("learned", "sincos")),
             ("pool", ("cls", "mean", "none")),
             ("act", ("gelu", "gelu_tanh")),
@@ -119,6 +124,12 @@ class ViTConfig:
         ]:
             if getattr(self, field) not in allowed:
                 raise ValueError(f"ViTConfig.{field}={getattr(self, field)!r}; expected one of {allowed}")
+        if self.patch_embed == "spt" and self.patch_size < 2:
+            raise ValueError("patch_embed='spt' shifts by half a patch: patch_size must be at least 2")
+        if self.patch_embed == "conv_stem":
+            check_conv_stem(self.dim, self.patch_size)
+        if not isinstance(self.lsa, bool):
+            raise ValueError(f"ViTConfig.lsa={self.lsa!r}; expected True or False")
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool='cls' needs class_token=True; use pool='mean' without a class token")
         if self.distilled and not self.class_token:
@@ -311,24 +322,46 @@ class Attention(nn.Module):
             kv = F.linear(x, w[d:], None if bias is None else bias[d:])  # [b, n, 2 d]
             q = rearrange(q, "b m (h dh) -> b h m dh", h=self.num_heads)
             k, v = rearrange(kv, "b n (two h dh) -> two b h n dh", two=2, h=self.num_heads)
+        out, attn = self.attend(q, k, v, return_attention, attn_mask, is_causal)
+        out = self.proj_drop(self.proj(rearrange(out, "b h n dh -> b n (h dh)")))
+        return (out, attn) if return_attention else out
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_attention: bool,
+               attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        """softmax(q kᵀ · scale) v [b, h, m, dh], and the probabilities [b, h, m, n] when asked (else None)."""
         if attn_mask is not None or is_causal:
             if return_attention:
                 raise ValueError("attention maps with attn_mask or is_causal are not supported")
-            attn = None
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
-                dropout_p=self.attn_drop.p if self.training else 0.0,
-            )
-        elif return_attention or (self.training and self.attn_drop.p > 0):
+            dropout = self.attn_drop.p if self.training else 0.0
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
+                                                  dropout_p=dropout), None
+        if return_attention or (self.training and self.attn_drop.p > 0):
             # The explicit path: a fused kernel never materialises the n x n probabilities, so
             # attention maps (and dropout on them) need the plain computation.
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # [b, h, m or n, n]
-            out = self.attn_drop(attn) @ v
-        else:
-            attn = None
-            out = attention(q, k, v, scale=self.scale, backend=_backend(x, self.kernels))
-        out = self.proj_drop(self.proj(rearrange(out, "b h n dh -> b n (h dh)")))
-        return (out, attn) if return_attention else out
+            return self.attn_drop(attn) @ v, attn
+        return attention(q, k, v, scale=self.scale, backend=_backend(q, self.kernels)), None
+
+
+class LocalitySelfAttention(Attention):
+    """Locality Self-Attention (Lee, Lee & Song 2021; aanna0701/SPT_LSA_ViT `models/vit.py`, is_LSA):
+    the score scale is a learnable temperature per head, initialised to dh^-0.5, and each token's
+    score with itself (the diagonal, class token included) is masked before the softmax, so attention
+    goes to the other tokens. The authors mask with -987654321; here the dtype's lowest value, which
+    gives the same probabilities. Always the explicit computation (the fused kernels take no mask)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__(cfg)
+        self.scale = nn.Parameter(torch.full((cfg.num_heads,), (cfg.dim // cfg.num_heads) ** -0.5))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_attention: bool,
+               attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        if attn_mask is not None or is_causal:
+            raise ValueError("lsa=True masks each token's own score; attn_mask and is_causal are not supported with it")
+        s = (q @ k.transpose(-2, -1)) * rearrange(self.scale, "h -> h 1 1")  # [b, h, m, n]
+        self_score = torch.eye(s.shape[-2], s.shape[-1], dtype=torch.bool, device=s.device)  # query i is token i
+        attn = s.masked_fill(self_score, torch.finfo(s.dtype).min).softmax(dim=-1)
+        return self.attn_drop(attn) @ v, (attn if return_attention else None)
 
 
 class Mlp(nn.Module):
@@ -365,7 +398,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ViTConfig, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = LocalitySelfAttention(cfg) if cfg.lsa else Attention(cfg)
         self.norm2 = LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
         self.drop_path = DropPath(drop_path)
@@ -409,7 +442,12 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = cfg.num_prefix_tokens
         d = cfg.dim
 
-        self.patch_embed = PatchEmbed(cfg)
+        if cfg.patch_embed == "spt":
+            self.patch_embed = ShiftedPatchTokenization(cfg.in_channels, d, cfg.patch_size)
+        elif cfg.patch_embed == "conv_stem":
+            self.patch_embed = ConvStem(cfg.in_channels, d, cfg.patch_size)
+        else:
+            self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.distilled else None
         num_tokens = self.num_prefix_tokens + cfg.grid_size**2

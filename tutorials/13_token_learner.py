@@ -182,6 +182,7 @@ print("saved", OUT / "13_token_learner.png")
 #
 # **That's the series.** From pixels (1) to the block (4), the kernels (5, 6), real weights (7),
 # fine-tuning (8, 9), what the model sees (10), how much data it needs (11), and two ways to spend less compute: a smaller
-# student taught by a larger model (12), and fewer tokens (13). Next, a hierarchical ViT that shrinks
-# its token grid by a non-integer stride: [16_fdvit.py](16_fdvit.py); then out into the Hugging Face
-# ecosystem: [17_hf_trainer.py](17_hf_trainer.py) exports a run and fine-tunes it with `transformers.Trainer`.
+# student taught by a larger model (12), and fewer tokens (13). Next, pretraining without labels, the
+# way to the second half of the data-scaling story: [14_mae.py](14_mae.py); then locality for small data
+# (15), a hierarchical ViT with non-integer downsampling ([16_fdvit.py](16_fdvit.py)), and the Hugging
+# Face ecosystem: [17_hf_trainer.py](17_hf_trainer.py) fine-tunes an exported run with `transformers.Trainer`.
