@@ -8,7 +8,7 @@
   fraction of it, %matmul (a fraction of the bf16 peak, for every dtype: the device's best case).
 
 Datasheet numbers (H100 SXM: 3.35 TB/s, 989 TFLOP/s dense bf16) are not reachable; a previous session
-measured 3.0 TB/s and 757 TFLOP/s on the lent H100 (bench/results/h100-baselines-2026-11-22.json).
+measured 3.0 TB/s and 757 TFLOP/s on the lent H100 (bench/h100-baselines-2026-11-22.json).
 Random inputs, never zeros: a matmul on zeros has run 13% faster than on data on this workplace's GPUs.
 """
 from __future__ import annotations

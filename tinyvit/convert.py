@@ -295,7 +295,7 @@ def check_config_fits(arch: str, config: dict, state: dict, where: Path) -> None
         w, pos = state.get("patch_embed.proj.weight"), state.get("pos_embed")
         if w is not None and w.ndim >= 2:
             expect("dim", w.shape[0], "the patch embedding is {} wide")
-            if w.ndim == 4:
+            if w.ndim == 4 and config.get("patch_embed", "conv") == "conv":  # (a conv stem ends in a 1x1 conv)
                 expect("patch_size", w.shape[2], "the patch embedding's kernel is {} px")
                 expect("in_channels", w.shape[1], "the patch embedding reads {} channels")
         fc1 = state.get("blocks.0.mlp.fc1.weight")

@@ -14,9 +14,10 @@ is a tinyvit VisionTransformer, saved as the run's model, which fine-tunes with 
 (the same --model and --override: finetune checks that the encoder has that architecture, and by
 default fine-tunes as MAE does: mean pooling into a new fc_norm, a new head; see mae.finetune_model).
 
-The recipe is MAE's (main_pretrain.py, PRETRAIN.md): AdamW with betas (0.9, 0.95), weight decay
+The recipe is MAE's (main_pretrain.py and its pretraining guide,
+https://github.com/facebookresearch/mae/blob/main/PRETRAIN.md): AdamW with betas (0.9, 0.95), weight decay
 0.05 on everything but 1-d parameters, lr = --blr x batch / 256, linear warm-up (--warmup-epochs,
-default a twentieth of the run: PRETRAIN.md's 40 of 800 epochs) then a half-cycle cosine to 0,
+default a twentieth of the run: the guide's 40 of 800 epochs) then a half-cycle cosine to 0,
 updated every step, mask ratio 0.75. Two deviations: the warm-up's first step already uses lr/warmup
 (MAE's starts at 0; tinyvit.schedule.lr_factor, shared with finetune), and the augmentation is the
 dataset's own (tinyvit.data.transforms: CIFAR's crop and flip, none for the digits) instead of
@@ -55,7 +56,7 @@ from tinyvit.hub import create_model
 from tinyvit.mae import PRETRAIN_FILE, MaskedAutoencoder, pretrain_param_groups
 from tinyvit.presets import PRESETS, build_model, parse_overrides
 from tinyvit.preprocess import Preprocess
-from tinyvit.processes import Dist, Interrupted, StopRequest, random_state, set_random_state, start_workers
+from tinyvit.processes import Dist, StopRequest, random_state, set_random_state, start_workers
 from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch
 
 METHODS = ("mae",)
@@ -63,6 +64,14 @@ CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "tinyvit.pretrain", 1
 FIGURE_IMAGES = 8
 SYNC_EVERY = 20
 
+
+
+class Interrupted(Exception):
+    """Raised inside the pretraining loop when a stop was requested; carries where the run stands."""
+
+    def __init__(self, epoch: int, batches_done: int, partial: Optional[dict]):
+        super().__init__(f"interrupted in epoch {epoch} after {batches_done} batches")
+        self.epoch, self.batches_done, self.partial = epoch, batches_done, partial
 
 @dataclass
 class PretrainConfig:
@@ -74,7 +83,7 @@ class PretrainConfig:
     override: list = field(default_factory=list)
     epochs: int = 100
     batch_size: int = 64
-    blr: float = 1.5e-4  # PRETRAIN.md's base learning rate; lr = blr * batch / 256
+    blr: float = 1.5e-4  # MAE's base learning rate (its pretraining guide); lr = blr * batch / 256
     lr: Optional[float] = None  # absolute; overrides --blr
     weight_decay: float = 0.05
     warmup_epochs: Optional[float] = None  # None: a twentieth of the run

@@ -115,3 +115,5 @@ print("saved", OUT / "15_locality.png")
 # than the patchify layer but sees across patch borders. Which of them helps the digits at 67 to
 # 1,347 labels, alone or combined with MAE (tutorial 14) and distillation, is what `make levers`
 # measures; no accuracy is claimed here before it has run.
+#
+# Next, a hierarchical ViT that shrinks its token grid by a non-integer stride: [16_fdvit.py](16_fdvit.py).

@@ -231,6 +231,6 @@ print(f"parameters with decoders {sum(p.numel() for p in small.parameters()):,};
 # so this lesson makes no accuracy claim. The published one is ImageNet at 224 px: FDViT-Ti 73.74%,
 # PiT-Ti 73.0% (README of each repository).
 #
-# **That's the series so far.** The lessons run from pixels ([01_patches.py](01_patches.py)) to
-# two ways of spending fewer tokens: learned ones ([13_token_learner.py](13_token_learner.py)) and
-# non-integer downsampling (this one).
+# Two ways of spending fewer tokens are now behind us: learned ones ([13_token_learner.py](13_token_learner.py))
+# and non-integer downsampling (this one). Last, out into the Hugging Face ecosystem:
+# [17_hf_trainer.py](17_hf_trainer.py) fine-tunes an exported run with `transformers.Trainer`.
