@@ -292,13 +292,13 @@ def layer_scales(depth: int, layer_decay: float) -> list[float]:
 def param_groups_lrd(model: VisionTransformer, weight_decay: float, layer_decay: float) -> list[dict]:
     """MAE's `param_groups_lrd`: one AdamW group per (layer, decay or not), each with its `lr_scale`.
 
-    No weight decay for 1-d parameters and the tokens/positions (`model.no_weight_decay()` where the
-    model has it, else cls_token, dist_token, pos_embed, timm's list); trainable parameters only.
+    No weight decay for 1-d parameters and the tokens/positions (`model.no_weight_decay()`, timm's
+    list); trainable parameters only.
     The caller multiplies each group's learning rate by its lr_scale.
     """
     if not 0 < layer_decay <= 1:
         raise ValueError(f"--layer-decay {layer_decay}: expected a factor in (0, 1] (MAE: 0.65 for ViT-B, 0.75 for ViT-L)")
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else {"cls_token", "dist_token", "pos_embed"}
+    skip = set(model.no_weight_decay())
     num_layers = len(model.blocks) + 1
     scales = layer_scales(len(model.blocks), layer_decay)
     groups: dict[tuple, dict] = {}

@@ -483,8 +483,8 @@ class Trainer:
             loss = self.recipe.loss(logits, targets)
         else:
             loss, logits = self.distiller.loss(logits, targets, inputs, indices)  # DeiT's; logits: the heads' mean
-        if self.cfg.fd_ratio:  # FDViT: + ratio x its FD layers' reconstruction MSE from this forward
-            aux = self.model.auxiliary_loss()
+        aux = self.model.auxiliary_loss() if self.cfg.fd_ratio else None  # FDViT: the FD layers' MSE, if
+        if aux is not None:  # any trained FD layer ran in this forward (a frozen prefix's did not)
             self.meter.aux_sum += aux.detach().double() * logits.shape[0]
             loss = loss + self.cfg.fd_ratio * aux
         return loss, logits
