@@ -150,6 +150,8 @@ print("saved", OUT / "14_mae.png")
 # the visible patches; the hidden half of a digit is guessed from its visible quarter. Whether that
 # makes a better classifier from 67 labels is the question `make levers` answers (the encoder is a
 # tinyvit ViT: `python -m tinyvit.finetune --weights PRETRAIN_RUN` gives it a head, MAE's mean
-# pooling into a new `fc_norm`, and `--layer-decay`); this tutorial claims no accuracy.
+# pooling into a new `fc_norm`, and `--layer-decay`). Its answer (studies/digits-levers, 3 seeds,
+# 100 pretraining epochs): +2.3 points at 67 labels (90.15 against 87.85 %) and the one ViT arm level
+# with ResNet-18 on all 1,347 (99.63 against 99.04 %).
 #
 # Next: [15_locality.py](15_locality.py), the other lever: building locality into the ViT itself.

@@ -114,6 +114,7 @@ print("saved", OUT / "15_locality.png")
 # empty diagonal where the plain one's is bright; the conv stem costs more parameters and FLOPs
 # than the patchify layer but sees across patch borders. Which of them helps the digits at 67 to
 # 1,347 labels, alone or combined with MAE (tutorial 14) and distillation, is what `make levers`
-# measures; no accuracy is claimed here before it has run.
+# measures (studies/digits-levers, 3 seeds): at 67 labels the conv stem lifts the ViT from 87.85 to
+# 92.00 % (ResNet-18: 93.11 %), SPT/LSA to 89.26 %, within the seeds' spread of 2 points.
 #
 # Next, a hierarchical ViT that shrinks its token grid by a non-integer stride: [16_fdvit.py](16_fdvit.py).
