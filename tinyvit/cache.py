@@ -147,7 +147,7 @@ def build(
     should_stop: Callable[[], bool] = lambda: False,  # must agree across processes
 ) -> Optional[FeatureCache]:
     """Run `prefix` once over every item of `source` and keep its outputs; None if `should_stop()` turned true."""
-    from tinyvit.evaluate import autocast
+    from tinyvit.device import autocast
 
     start = time.perf_counter()
     n = len(source)

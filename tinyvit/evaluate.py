@@ -7,13 +7,11 @@ validation split.
 also holds classes.json, and the dataset's classes must match it. The images get the checkpoint's
 own preprocessing (upsampled straight to its resolution for 32-pixel datasets, as in training).
 
-The loop below (`evaluate`) is also the one tinyvit.finetune validates with, and the device and
-mixed-precision helpers are shared with it and tinyvit.predict.
+The loop below (`evaluate`) is also the one tinyvit.finetune validates with.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -23,42 +21,7 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn.functional as F
 
-# ---------------------------------------------------------------------------------------------
-# Device and mixed precision.
-# ---------------------------------------------------------------------------------------------
-
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto': this process's GPU if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
-def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for --amp: 'auto' is bf16 on GPUs that have it, fp16 on older ones, off on CPU
-    (CPU autocast is slower than fp32 on most CPUs)."""
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"--amp {amp!r}; expected one of {', '.join(AMP_CHOICES)}")
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
+from tinyvit.device import AMP_CHOICES, amp_dtype, autocast, resolve_device
 
 # ---------------------------------------------------------------------------------------------
 # The evaluation loop.

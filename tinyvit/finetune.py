@@ -73,7 +73,7 @@ import torch
 
 from tinyvit import data, freeze, recipe, rundir
 from tinyvit.convert import check_config_fits
-from tinyvit.evaluate import AMP_CHOICES
+from tinyvit.device import AMP_CHOICES
 from tinyvit.presets import PRESETS
 from tinyvit.processes import StopRequest, init_distributed
 from tinyvit.report import format_table, speedup_line

@@ -93,7 +93,7 @@ def predict(model, images: list, classes: Optional[list], top_k: int, device: to
 def main(argv=None) -> int:
     from tinyvit.convert import load_pretrained
     from tinyvit.data import DatasetError
-    from tinyvit.evaluate import resolve_device
+    from tinyvit.device import resolve_device
     from tinyvit.rundir import read_classes
 
     cfg = parse_args(argv)

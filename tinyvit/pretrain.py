@@ -51,7 +51,7 @@ import torch
 
 from tinyvit import data, rundir
 from tinyvit.checkpoint import save_pretrained
-from tinyvit.evaluate import AMP_CHOICES, amp_dtype, autocast, resolve_device
+from tinyvit.device import AMP_CHOICES, amp_dtype, autocast, resolve_device
 from tinyvit.hub import create_model
 from tinyvit.mae import PRETRAIN_FILE, MaskedAutoencoder, pretrain_param_groups
 from tinyvit.presets import PRESETS, build_model, parse_overrides

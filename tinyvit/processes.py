@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from tinyvit.evaluate import resolve_device
+from tinyvit.device import resolve_device
 
 
 @dataclass

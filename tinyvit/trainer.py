@@ -34,7 +34,8 @@ from tinyvit import data, freeze, presets, recipe, rundir
 from tinyvit.augment import BatchAugment, seeded
 from tinyvit.batches import ImageBatches, TensorBatches
 from tinyvit.checkpoint import arch_of, save_pretrained
-from tinyvit.evaluate import Tally, amp_dtype, autocast, evaluate, per_class_accuracy
+from tinyvit.device import amp_dtype, autocast
+from tinyvit.evaluate import Tally, evaluate, per_class_accuracy
 from tinyvit.hub import create_model
 from tinyvit.mae import PRETRAIN_FILE, finetune_model, param_groups_lrd
 from tinyvit.presets import PRESETS, parse_overrides
