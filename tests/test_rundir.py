@@ -354,9 +354,9 @@ def test_workers_left_running_by_an_error_do_not_hang_the_exit():
     an exception kept alive must still let the interpreter exit (it hung the test suite once)."""
     script = (
         "import torch\n"
-        "from tinyvit import finetune\n"
+        "from tinyvit.processes import start_workers\n"
         "loader = torch.utils.data.DataLoader(list(range(64)), batch_size=4, num_workers=2)\n"
-        "it = finetune.start_workers(loader)\n"
+        "it = start_workers(loader)\n"
         "next(it)\n"
         "print('one batch', flush=True)\n"  # `it` stays alive: its workers are never shut down
     )

@@ -30,12 +30,13 @@ from torch import nn
 
 from tinyvit import rundir
 from tinyvit.atomic import write_atomic
+from tinyvit.errors import MissingFileError, TinyvitError
 
 FORMAT = "tinyvit"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TinyvitError):
     """A checkpoint that cannot be read, or does not fit the model it describes."""
 
 
@@ -286,7 +287,7 @@ def read_checkpoint(source) -> Checkpoint:
         raise TypeError(f"source must be a path to a checkpoint file or directory, got {type(source).__name__}")
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"{source}: no such checkpoint file or directory")
+        raise MissingFileError(f"{source}: no such checkpoint file or directory")
     source = _as_its_directory(source)
     config = preprocessor = None
     if source.is_dir():

@@ -38,12 +38,10 @@ import torch
 from torch import nn
 
 from tinyvit.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, read_checkpoint
+from tinyvit.errors import TinyvitError
 from tinyvit.keymaps import FAMILIES, Mapped, map_keys, shape_of
 from tinyvit.presets import DEIT, GOOGLE, PRESETS, TORCHVISION, build_model
 from tinyvit.preprocess import HALF, PIL_RESAMPLE, Preprocess
-
-# Re-exported for existing callers (`from tinyvit.convert import save_pretrained, read_tensors`).
-from tinyvit.checkpoint import read_tensors, save_pretrained  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # 3. The architecture, from the shapes.
@@ -534,7 +532,7 @@ def load_pretrained(
         norm_eps, act, pool, patch_embed, ...); a field that does is caught by the strict check.
     """
     if name is not None and name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise TinyvitError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     ckpt = read_checkpoint(source)
     what = FAMILIES[ckpt.family][0]
 

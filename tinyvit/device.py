@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from tinyvit.errors import TinyvitError
+
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
@@ -15,7 +17,7 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise TinyvitError(f"--device {name}: CUDA is not available on this machine")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
@@ -25,7 +27,7 @@ def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype for --amp: 'auto' is bf16 on GPUs that have it, fp16 on older ones, off on CPU
     (CPU autocast is slower than fp32 on most CPUs)."""
     if amp not in AMP_CHOICES:
-        raise ValueError(f"--amp {amp!r}; expected one of {', '.join(AMP_CHOICES)}")
+        raise TinyvitError(f"--amp {amp!r}; expected one of {', '.join(AMP_CHOICES)}")
     if amp == "auto":
         if device.type != "cuda":
             return None

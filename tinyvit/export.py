@@ -59,6 +59,7 @@ from torch import nn
 from tinyvit import rundir
 from tinyvit.atomic import write_atomic
 from tinyvit.checkpoint import CheckpointError
+from tinyvit.errors import TinyvitError
 from tinyvit.keymaps import HUGGING_FACE, RESNET, TIMM, compile_pattern, same
 from tinyvit.presets import PRESETS
 from tinyvit.preprocess import PIL_RESAMPLE, Preprocess
@@ -68,7 +69,7 @@ from tinyvit.vit import ViTConfig, VisionTransformer
 TARGETS = ("hf", "timm")
 
 
-class ExportError(ValueError):
+class ExportError(TinyvitError):
     """A model the target format cannot represent, or an output folder that is not free."""
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 from torch import nn
 
+from tinyvit.errors import TinyvitError
 from tinyvit.presets import preset, preset_model
 from tinyvit.rundir import sha256_file
 
@@ -75,7 +76,7 @@ def hash_prefix(url: str) -> str:
     return m.group(1)
 
 
-class DownloadError(RuntimeError):
+class DownloadError(TinyvitError, RuntimeError):
     """Official weights that could not be fetched; the message says how to get them by hand."""
 
 
@@ -125,7 +126,7 @@ def fetch_hf(name: str, repo_id: str, filename: str = HF_FILENAME) -> Path:
 def fetch(name: str) -> Path:
     """The local path of a preset's official weights, downloading them on first use."""
     if name not in HUB:
-        raise ValueError(f"no official weights for {name!r}; presets with weights: {', '.join(HUB)}")
+        raise TinyvitError(f"no official weights for {name!r}; presets with weights: {', '.join(HUB)}")
     entry = HUB[name]
     if "url" in entry:
         return fetch_url(name, entry["url"])

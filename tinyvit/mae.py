@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from tinyvit.errors import TinyvitError
 from tinyvit.vit import Block, LayerNorm, ViTConfig, VisionTransformer
 
 # The file that marks a run directory of tinyvit.pretrain: its model is an encoder to fine-tune.
@@ -297,7 +298,7 @@ def param_groups_lrd(model: VisionTransformer, weight_decay: float, layer_decay:
     The caller multiplies each group's learning rate by its lr_scale.
     """
     if not 0 < layer_decay <= 1:
-        raise ValueError(f"--layer-decay {layer_decay}: expected a factor in (0, 1] (MAE: 0.65 for ViT-B, 0.75 for ViT-L)")
+        raise TinyvitError(f"--layer-decay {layer_decay}: expected a factor in (0, 1] (MAE: 0.65 for ViT-B, 0.75 for ViT-L)")
     skip = set(model.no_weight_decay())
     num_layers = len(model.blocks) + 1
     scales = layer_scales(len(model.blocks), layer_decay)
@@ -333,7 +334,7 @@ def finetune_model(encoder: VisionTransformer, num_classes: int, wanted: dict, c
     differ = [f"{k}: pretrained {cfg.get(k)!r}, asked {wanted[k]!r}" for k in ARCHITECTURE
               if k in wanted and wanted[k] != cfg.get(k)]
     if differ:
-        raise ValueError("the pretrained encoder does not have the architecture asked for (--model, --override): "
+        raise TinyvitError("the pretrained encoder does not have the architecture asked for (--model, --override): "
                          + "; ".join(differ))
     changes = dict(changes)
     if "pool" not in changes and "fc_norm" not in changes:
@@ -346,7 +347,7 @@ def finetune_model(encoder: VisionTransformer, num_classes: int, wanted: dict, c
     missing, unexpected = model.load_state_dict(state, strict=False)
     fresh = ("head.", "head_dist.", "fc_norm.")
     if unexpected or any(not k.startswith(fresh) for k in missing):
-        raise ValueError(f"the pretrained encoder does not fit: missing {missing}, unexpected {unexpected}")
+        raise TinyvitError(f"the pretrained encoder does not fit: missing {missing}, unexpected {unexpected}")
     if isinstance(model.head, nn.Linear):
         nn.init.trunc_normal_(model.head.weight, std=2e-5)
         nn.init.zeros_(model.head.bias)

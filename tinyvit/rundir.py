@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Optional
 
 from tinyvit.atomic import write_atomic
+from tinyvit.errors import TinyvitError
 
 MANIFEST = "tinyvit-run.json"
 LOCK = ".tinyvit-run.lock"
@@ -79,7 +80,7 @@ STAGING = ".tinyvit-tmp-"  # prefix of the folders files are written in before t
 FORMAT, VERSION = "tinyvit-run", 1
 
 
-class RunDirError(ValueError):
+class RunDirError(TinyvitError):
     """A run directory that cannot be used as asked: in use, not writable, not a run, changed data."""
 
 
@@ -87,7 +88,7 @@ class WriteError(RunDirError):
     """A file the run could not write (a full disk, a quota): its previous version is kept."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(TinyvitError):
     """A file of a run whose bytes are not the ones the run wrote; the message names the file."""
 
 
@@ -569,7 +570,7 @@ def read_classes(model_dir: Path) -> list[str] | None:
     try:
         classes = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a JSON list of class names ({e})") from e
+        raise TinyvitError(f"{path}: not a JSON list of class names ({e})") from e
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"{path}: expected a JSON list of class names")
+        raise TinyvitError(f"{path}: expected a JSON list of class names")
     return classes

@@ -75,9 +75,10 @@ from pathlib import Path
 from typing import Optional
 
 from tinyvit.atomic import open_append, write_atomic
+from tinyvit.errors import TinyvitError
 
 
-class StudyError(ValueError):
+class StudyError(TinyvitError):
     """A study folder, or a grid, the study refuses; one line."""
 
 

@@ -35,6 +35,7 @@ from tinyvit.augment import BatchAugment, seeded
 from tinyvit.batches import ImageBatches, TensorBatches
 from tinyvit.checkpoint import arch_of, save_pretrained
 from tinyvit.device import amp_dtype, autocast
+from tinyvit.errors import MissingFileError, TinyvitError
 from tinyvit.evaluate import Tally, evaluate, per_class_accuracy
 from tinyvit.hub import create_model
 from tinyvit.mae import PRETRAIN_FILE, finetune_model, param_groups_lrd
@@ -119,15 +120,15 @@ def check_image_size(cfg: Config) -> None:
     if size is None:
         return
     if size < 1:
-        raise ValueError(f"--image-size {size}: expected a positive number of pixels")
+        raise TinyvitError(f"--image-size {size}: expected a positive number of pixels")
     preset = PRESETS[cfg.model]
     if preset["arch"] == "vit":
         patch = parse_overrides(cfg.override, cfg.model).get("patch_size", preset["config"]["patch_size"])
         if isinstance(patch, int) and patch >= 1 and (size < patch or size % patch):
-            raise ValueError(f"--image-size {size}: {cfg.model} cuts images into {patch}x{patch} patches; "
+            raise TinyvitError(f"--image-size {size}: {cfg.model} cuts images into {patch}x{patch} patches; "
                              f"use a multiple of {patch} (the smallest is {patch})")
     elif preset["arch"] == "resnet" and size < RESNET_MIN_SIZE:
-        raise ValueError(f"--image-size {size}: a ResNet downsamples by 32; use at least {RESNET_MIN_SIZE} pixels")
+        raise TinyvitError(f"--image-size {size}: a ResNet downsamples by 32; use at least {RESNET_MIN_SIZE} pixels")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,11 +139,11 @@ def check_image_size(cfg: Config) -> None:
 def fd_reconstruction(model: nn.Module, cfg: Config) -> nn.Module:
     """FDViT (tinyvit/fdvit.py): its FD layers' decoders exist only while --fd-ratio trains them."""
     if not (math.isfinite(cfg.fd_ratio) and cfg.fd_ratio >= 0):
-        raise ValueError(f"--fd-ratio {cfg.fd_ratio}: expected a loss weight of 0 or more")
+        raise TinyvitError(f"--fd-ratio {cfg.fd_ratio}: expected a loss weight of 0 or more")
     if hasattr(model, "set_reconstruction"):
         return model.set_reconstruction(cfg.fd_mask if cfg.fd_ratio else None)
     if cfg.fd_ratio:
-        raise ValueError(f"--fd-ratio {cfg.fd_ratio:g}: {cfg.model} has no FD layers to train (an fdvit_* preset has)")
+        raise TinyvitError(f"--fd-ratio {cfg.fd_ratio:g}: {cfg.model} has no FD layers to train (an fdvit_* preset has)")
     return model
 
 
@@ -155,7 +156,7 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
     else:
         source = Path(cfg.weights)
         if not source.exists():
-            raise FileNotFoundError(f"--weights {source}: no such file or directory")
+            raise MissingFileError(f"--weights {source}: no such file or directory")
         if (source / PRETRAIN_FILE).is_file():  # a tinyvit.pretrain run: its encoder, with a new head
             from tinyvit.convert import load_pretrained
 
@@ -191,11 +192,11 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        raise TinyvitError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("format") != rundir.CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a tinyvit.finetune checkpoint")
+        raise TinyvitError(f"{path}: not a tinyvit.finetune checkpoint")
     if state.get("version") != rundir.CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, expected {rundir.CHECKPOINT_VERSION}")
+        raise TinyvitError(f"{path}: checkpoint version {state.get('version')!r}, expected {rundir.CHECKPOINT_VERSION}")
     return state
 
 
@@ -207,15 +208,15 @@ def load_checkpoint(path: Path) -> dict:
 def check_config(cfg: Config, dist: Dist) -> None:
     """The numbers of the run, before anything is loaded."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(f"--epochs {cfg.epochs} and --batch-size {cfg.batch_size} must be at least 1")
+        raise TinyvitError(f"--epochs {cfg.epochs} and --batch-size {cfg.batch_size} must be at least 1")
     if cfg.batch_size % dist.world:
-        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must divide among {dist.world} processes")
+        raise TinyvitError(f"--batch-size {cfg.batch_size} is the global batch: it must divide among {dist.world} processes")
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr >= 0):
-        raise ValueError(f"--lr {cfg.lr}: expected a learning rate of 0 or more")
+        raise TinyvitError(f"--lr {cfg.lr}: expected a learning rate of 0 or more")
     if cfg.warmup_epochs is not None and not (math.isfinite(cfg.warmup_epochs) and cfg.warmup_epochs >= 0):
-        raise ValueError(f"--warmup-epochs {cfg.warmup_epochs}: expected 0 (no warm-up) or more")
+        raise TinyvitError(f"--warmup-epochs {cfg.warmup_epochs}: expected 0 (no warm-up) or more")
     if cfg.repeat_train < 1:
-        raise ValueError(f"--repeat-train {cfg.repeat_train} must be at least 1")
+        raise TinyvitError(f"--repeat-train {cfg.repeat_train} must be at least 1")
     check_image_size(cfg)
 
 
@@ -254,7 +255,7 @@ def build_teacher(cfg: Config, classes: list, preprocess: Preprocess, low_res: b
 
     if cfg.teacher is None:
         if cfg.distill is not None:
-            raise ValueError(f"--distill {cfg.distill} needs --teacher PATH")
+            raise TinyvitError(f"--distill {cfg.distill} needs --teacher PATH")
         return None
     teacher = distill.load_teacher(cfg.teacher, classes, device)
     split.both_heads = True  # the loss needs the class and distillation heads apart
@@ -297,7 +298,7 @@ def build_optimizer(cfg: Config, model: nn.Module, steps_per_epoch: int, warn: C
     else:
         warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch)) if cfg.warmup_epochs > 0 else 0
         if warmup and warmup >= total:
-            raise ValueError(f"--warmup-epochs {cfg.warmup_epochs:g} covers the whole run of {cfg.epochs} epochs "
+            raise TinyvitError(f"--warmup-epochs {cfg.warmup_epochs:g} covers the whole run of {cfg.epochs} epochs "
                              f"({total} steps); use fewer, or 0 for no warm-up")
     lr = cfg.resolved_lr()
     if lr == 0:
@@ -305,7 +306,7 @@ def build_optimizer(cfg: Config, model: nn.Module, steps_per_epoch: int, warn: C
     if cfg.layer_decay is None:
         groups = freeze.param_groups(model, cfg.weight_decay)
     elif not hasattr(model, "blocks"):
-        raise ValueError(f"--layer-decay {cfg.layer_decay}: layer-wise decay counts transformer blocks; {cfg.model} has none")
+        raise TinyvitError(f"--layer-decay {cfg.layer_decay}: layer-wise decay counts transformer blocks; {cfg.model} has none")
     else:  # MAE/BEiT's: each group at lr x its layer's scale, then the schedule scales them all
         groups = [dict(g, lr=lr * g["lr_scale"]) for g in param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay)]
     optimizer = torch.optim.AdamW(groups, lr=lr)
@@ -333,9 +334,9 @@ def cache_plan(cfg: Config, split: freeze.Split) -> tuple[bool, bool]:
         return False, False
     if cfg.cache != "auto":  # an explicit storage: say why it cannot be honoured rather than ignore it
         if not frozen:
-            raise ValueError(f"--cache {cfg.cache}: --unfreeze all leaves no frozen prefix to cache")
+            raise TinyvitError(f"--cache {cfg.cache}: --unfreeze all leaves no frozen prefix to cache")
         if cfg.augment:
-            raise ValueError(f"--cache {cfg.cache}: augmented images differ every epoch; pass --no-augment "
+            raise TinyvitError(f"--cache {cfg.cache}: augmented images differ every epoch; pass --no-augment "
                              f"to cache the training features")
     # Validation images are never augmented: their features are cached whenever the prefix is frozen.
     return frozen and not cfg.augment, frozen
@@ -409,8 +410,8 @@ class Trainer:
         self.cache_train, self.cache_val = cache_plan(cfg, self.split)
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built
         # With BatchNorm, a last training batch of one image joins the one before (epoch_batches).
-        self.merge_single = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
-        self.steps_per_epoch = steps_per_epoch(len(self.train_data), self.batch, dist.world, self.merge_single)
+        self.join_lone_last = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self.steps_per_epoch = steps_per_epoch(len(self.train_data), self.batch, dist.world, self.join_lone_last)
         self.optimizer, self.scheduler, self.warmup, self.lr = build_optimizer(cfg, self.model, self.steps_per_epoch, self.warn)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.train_net, self.eval_net = build_networks(self.split, dist, device, cfg.compile)
@@ -463,7 +464,7 @@ class Trainer:
         """Epoch `epoch`'s batches from batch `start` on, as (inputs, targets, labels, item indices);
         targets are the labels, or soft targets [b, classes] after MixUp/CutMix."""
         lists = epoch_batches(len(self.train_data), self.batch, self.dist, self.cfg.seed, epoch,
-                              merge_single=self.merge_single)[start:]
+                              join_lone_last=self.join_lone_last)[start:]
         first = (epoch - 1) * self.steps_per_epoch + start
         self.train_net.train()  # the frozen prefix stays in eval mode (freeze.apply pinned it)
         self.meter.since = time.perf_counter()
@@ -697,18 +698,18 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         step, spe, was, done = state["step"], self.steps_per_epoch, state["steps_per_epoch"], len(state["history"])
         if step != done * was and (was != spe or state["world_size"] != self.dist.world):
-            raise ValueError(f"the run was interrupted mid-epoch with {state['world_size']} processes and {was} steps per "
+            raise TinyvitError(f"the run was interrupted mid-epoch with {state['world_size']} processes and {was} steps per "
                              f"epoch (now {self.dist.world} and {spe}); resume it with the same processes and data")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, RuntimeError) as e:
-            raise ValueError(f"checkpoint.pt: the optimizer state does not fit this run ({e})") from e
+            raise TinyvitError(f"checkpoint.pt: the optimizer state does not fit this run ({e})") from e
         if was != spe:  # at an epoch's end, on other data (--allow-data-change): the epochs done count
             step = self.scheduler.last_epoch = done * spe
         if step > self.cfg.epochs * spe:
-            raise ValueError(f"--epochs {self.cfg.epochs}: the run in {self.out} already has {len(state['history'])} epochs")
+            raise TinyvitError(f"--epochs {self.cfg.epochs}: the run in {self.out} already has {len(state['history'])} epochs")
         if self.cfg.epochs != state["config"]["epochs"]:
             self.log(f"note: --epochs {self.cfg.epochs} (was {state['config']['epochs']}): the cosine schedule now spans "
                      f"{self.cfg.epochs} epochs and the learning rate continues on it")
