@@ -504,6 +504,22 @@ def _check_values(state: dict, expected: dict, origin: dict) -> tuple[list, list
     return wrong_dtype, not_finite
 
 
+def model_of_run_state(state: dict, path: Path, preprocess: str = "preprocess") -> nn.Module:
+    """The model a run's checkpoint.pt holds (`checkpoint.read_run_state`), its config checked
+    against its weights before it is built and its weights as load_pretrained checks them. It
+    carries the state's `preprocess` (training's, to resume) or `eval_preprocess` (to serve)."""
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not isinstance(state.get("model_config"), dict):
+        raise CheckpointError(f"{path}: a tinyvit.finetune checkpoint without its model state")
+    check_config_fits(state.get("arch"), state["model_config"], weights, path)
+    try:
+        model = build_model(state["arch"], state["model_config"], Preprocess.from_dict(state[preprocess]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: model_config: {e}") from e
+    load_strict(model, Mapped(state=dict(weights), origin={k: k for k in weights}), path, "a tinyvit.finetune checkpoint")
+    return model
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. The entry point.
 # ---------------------------------------------------------------------------------------------

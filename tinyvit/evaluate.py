@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyvit.device import AMP_CHOICES, amp_dtype, autocast, resolve_device
+from tinyvit.errors import MissingFileError, TinyvitError
 
 # ---------------------------------------------------------------------------------------------
 # The evaluation loop.
@@ -148,16 +149,16 @@ def run(cfg: EvalConfig) -> dict:
     if cfg.json:  # checked before the evaluation, which may take long, not when writing its result
         target = Path(cfg.json)
         if target.is_dir():
-            raise ValueError(f"--json {target}: is a directory; give a file name, e.g. {target / 'eval.json'}")
+            raise TinyvitError(f"--json {target}: is a directory; give a file name, e.g. {target / 'eval.json'}")
         if not target.parent.is_dir():
-            raise FileNotFoundError(f"--json {target}: no directory {target.parent} to write it in")
+            raise MissingFileError(f"--json {target}: no directory {target.parent} to write it in")
     device = resolve_device(cfg.device)
     model_dir = Path(cfg.model_dir)
     if not model_dir.exists():
-        raise FileNotFoundError(f"--model-dir {model_dir}: no such file or directory")
+        raise MissingFileError(f"--model-dir {model_dir}: no such file or directory")
     model = load_pretrained(model_dir).to(device).eval()
     if model.preprocess is None:
-        raise ValueError(f"{model_dir}: the checkpoint carries no preprocessing (mean/std, resolution)")
+        raise TinyvitError(f"{model_dir}: the checkpoint carries no preprocessing (mean/std, resolution)")
     splits = load_splits(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, seed=cfg.seed, limit_val=cfg.limit)
     trained_on = read_classes(model_dir)
     if trained_on is not None and trained_on != splits.classes:
@@ -190,12 +191,10 @@ def run(cfg: EvalConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    from tinyvit.data import DatasetError
-
     cfg = parse_args(argv)
     try:
         run(cfg)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
+    except TinyvitError as e:  # the user's mistake; anything else is a bug and keeps its traceback
         raise SystemExit(f"tinyvit.evaluate: error: {e}") from None
     return 0
 

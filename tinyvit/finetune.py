@@ -72,13 +72,13 @@ from pathlib import Path
 import torch
 
 from tinyvit import data, freeze, recipe, rundir
-from tinyvit.convert import check_config_fits
+from tinyvit.checkpoint import read_run_state
 from tinyvit.device import AMP_CHOICES
 from tinyvit.errors import TinyvitError
 from tinyvit.presets import PRESETS
 from tinyvit.processes import StopRequest, init_distributed
 from tinyvit.report import format_table, speedup_line
-from tinyvit.trainer import LR_DEFAULTS, Config, NonFiniteLoss, Trainer, load_checkpoint
+from tinyvit.trainer import LR_DEFAULTS, Config, NonFiniteLoss, Trainer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,12 +288,7 @@ def main(argv=None) -> int:
         check_memory(cfg)
         resume_state = None
         if cfg.resume:
-            rundir.verify(out / "checkpoint.pt")  # the bytes the run wrote, or a clear refusal
-            resume_state = load_checkpoint(out / "checkpoint.pt")
-            # Its model config against its weights before the model is built (a crafted depth of 10**6
-            # would otherwise allocate until memory runs out).
-            check_config_fits(resume_state.get("arch"), resume_state.get("model_config") or {},
-                              resume_state.get("model") or {}, out / "checkpoint.pt")
+            resume_state = read_run_state(out / "checkpoint.pt")
             cfg = resumed_config(cfg, given, resume_state["config"])
         dist, device = init_distributed(cfg.device)
         trainer = Trainer(cfg, dist, device, resume_state)

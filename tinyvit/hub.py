@@ -8,8 +8,8 @@ vision_transformer.py and deit.py, and torchvision's weight enums in models/resn
 - a Hugging Face hub id (timm's copies of the Google AugReg weights): `huggingface_hub.hf_hub_download`
   caches under the HF cache and verifies the download against the hub's sha256.
 
-`create_model(name, pretrained=True)`, tinyvit's public way to build a preset, lives here because it
-is the one call that may fetch: without weights it builds the preset (tinyvit/presets.py); with
+`create_model(name, pretrained=True)` is tinyvit's public way to build a preset, and the one call
+that may fetch: without weights it builds the preset (tinyvit/presets.py); with
 them `pretrained_model` loads the file with the preset's preprocessing through
 `tinyvit.convert.load_pretrained`. Nothing here runs at import.
 """

@@ -65,7 +65,7 @@ def mae_sincos_2d(grid_size: int, dim: int) -> torch.Tensor:
     its meshgrid puts w first.) Computed in float64, returned as float32 (MAE: float32 numpy).
     """
     if dim % 4:
-        raise ValueError(f"MAE's 2-D sin-cos table needs a width divisible by 4, got {dim}")
+        raise TinyvitError(f"MAE's 2-D sin-cos table needs a width divisible by 4, got {dim}")
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # [d/4]
     y, x = torch.meshgrid(torch.arange(grid_size, dtype=torch.float64),
@@ -160,7 +160,7 @@ class MaskedAutoencoder(nn.Module):
             problems.append(f"mask_ratio={mask_ratio}: of {cfg.grid_size**2} patches {keep} would stay visible; "
                             f"at least one must be visible and one hidden")
         if problems:
-            raise ValueError("MAE: " + "; ".join(problems))
+            raise TinyvitError("MAE: " + "; ".join(problems))
         self.encoder, self.mask_ratio, self.norm_pix_loss = encoder, mask_ratio, norm_pix_loss
         self.patch_size, self.in_channels = cfg.patch_size, cfg.in_channels
         prefix = encoder.num_prefix_tokens
@@ -170,7 +170,7 @@ class MaskedAutoencoder(nn.Module):
                             mlp_dim=4 * decoder_dim, norm_eps=cfg.norm_eps, act=cfg.act, kernels=cfg.kernels,
                             pos_embed="sincos", class_token=cfg.class_token, pool="cls" if cfg.class_token else "mean")
         except ValueError as e:
-            raise ValueError(f"MAE decoder (decoder_dim={decoder_dim}, decoder_depth={decoder_depth}, "
+            raise TinyvitError(f"MAE decoder (decoder_dim={decoder_dim}, decoder_depth={decoder_depth}, "
                              f"decoder_heads={decoder_heads}): {e}") from None
         self.decoder_cfg = dec
         self.decoder_embed = nn.Linear(cfg.dim, decoder_dim)

@@ -50,7 +50,7 @@ from typing import Optional
 import torch
 
 from tinyvit import data, rundir
-from tinyvit.checkpoint import save_pretrained
+from tinyvit.checkpoint import read_run_state, save_pretrained
 from tinyvit.device import AMP_CHOICES, amp_dtype, autocast, resolve_device
 from tinyvit.errors import TinyvitError
 from tinyvit.hub import create_model
@@ -167,15 +167,6 @@ def resumed_config(cfg: PretrainConfig, given: set, stored: dict) -> PretrainCon
     now = {k: getattr(cfg, k) for k in given & RUNTIME_FIELDS - {"resume", "force"}}
     return replace(run, **now, resume=True, force=False)
 
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TinyvitError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("version") != CHECKPOINT_VERSION:
-        raise TinyvitError(f"{path}: not a tinyvit.pretrain checkpoint (version {CHECKPOINT_VERSION})")
-    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,8 +375,7 @@ def main(argv=None) -> int:
         rundir.check(out, resume=cfg.resume, force=cfg.force)
         state = None
         if cfg.resume:
-            rundir.verify(out / "checkpoint.pt")
-            state = load_checkpoint(out / "checkpoint.pt")
+            state = read_run_state(out / "checkpoint.pt", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
             cfg = resumed_config(cfg, given, state["config"])
         trainer = Pretrainer(cfg, resolve_device(cfg.device), state)
         fingerprints = {"train": rundir.fingerprint(trainer.train)}  # the only split a pretraining run reads
@@ -396,7 +386,7 @@ def main(argv=None) -> int:
             run.abandon()
         if isinstance(e, data.DatasetError):
             raise SystemExit(f"tinyvit.pretrain: error: {data.error_message(e)}") from None
-        if isinstance(e, (ValueError, OSError, RuntimeError)):
+        if isinstance(e, TinyvitError):  # the user's mistake; anything else is a bug and keeps its traceback
             raise SystemExit(f"tinyvit.pretrain: error: {e}") from None
         raise
     try:
@@ -419,7 +409,7 @@ def main(argv=None) -> int:
             except KeyboardInterrupt:
                 trainer.log("interrupted twice: quitting without saving")
                 return 130
-            except ValueError as e:  # a NaN loss
+            except TinyvitError as e:  # a NaN loss
                 raise SystemExit(f"tinyvit.pretrain: error: {e}") from None
             summary = trainer.finish()
         trainer.log(f"final loss {summary['final_loss']:.4f} after {summary['steps']} steps; wrote {out}/: "

@@ -30,14 +30,15 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tinyvit import data, freeze, presets, recipe, rundir
+from tinyvit import data, freeze, recipe, rundir
 from tinyvit.augment import BatchAugment, seeded
 from tinyvit.batches import ImageBatches, TensorBatches
 from tinyvit.checkpoint import arch_of, save_pretrained
+from tinyvit.convert import model_of_run_state
 from tinyvit.device import amp_dtype, autocast
 from tinyvit.errors import MissingFileError, TinyvitError
 from tinyvit.evaluate import Tally, evaluate, per_class_accuracy
-from tinyvit.hub import create_model
+from tinyvit.hub import DownloadError, create_model
 from tinyvit.mae import PRETRAIN_FILE, finetune_model, param_groups_lrd
 from tinyvit.presets import PRESETS, parse_overrides
 from tinyvit.preprocess import Preprocess
@@ -169,10 +170,8 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
     # unless --keep-head: the study trains a fresh classifier.
     try:
         model = create_model(cfg.model, num_classes=num_classes, pretrained=source, **overrides)
-    except RuntimeError as e:  # tinyvit.hub.DownloadError: offline, or the file failed its checksum
-        if source is not True:
-            raise
-        raise RuntimeError(f"{e}. On this command line: --weights PATH (that file), or --weights none") from e
+    except DownloadError as e:  # offline, or the file failed its checksum
+        raise DownloadError(f"{e}. On this command line: --weights PATH (that file), or --weights none") from e
     if not cfg.keep_head:
         model.reset_classifier(num_classes)
     native = model.preprocess.image_size
@@ -186,18 +185,6 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
         else:  # a ResNet takes any size: only the preprocessing changes
             model.preprocess = model.preprocess.with_image_size(size)
     return fd_reconstruction(model, cfg)
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TinyvitError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or state.get("format") != rundir.CHECKPOINT_FORMAT:
-        raise TinyvitError(f"{path}: not a tinyvit.finetune checkpoint")
-    if state.get("version") != rundir.CHECKPOINT_VERSION:
-        raise TinyvitError(f"{path}: checkpoint version {state.get('version')!r}, expected {rundir.CHECKPOINT_VERSION}")
-    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,9 +228,7 @@ def build_model(cfg: Config, classes: list, resume_state: Optional[dict], device
     else:
         if resume_state["classes"] != classes:
             raise data.DatasetError(f"the dataset's classes changed since the run began: {resume_state['classes'][:10]} vs {classes[:10]}")
-        model = presets.build_model(resume_state["arch"], resume_state["model_config"],
-                                    Preprocess.from_dict(resume_state["preprocess"]))
-        model.load_state_dict(resume_state["model"])
+        model = model_of_run_state(resume_state, cfg.out_dir() / "checkpoint.pt")
     model.to(device)
     return model, freeze.apply(model, cfg.unfreeze)
 
@@ -401,20 +386,20 @@ class Trainer:
         self.classes = self.splits.classes
         for note in self.splits.notes:  # how the labels were read (hf: string labels ...)
             self.log(note)
-        self.model, self.split = build_model(cfg, self.classes, resume_state, device, self.warn)
+        self.model, self.partly_frozen = build_model(cfg, self.classes, resume_state, device, self.warn)
         self.preprocess = self.model.preprocess  # at the training resolution
-        self.distiller = build_teacher(cfg, self.classes, self.preprocess, self.splits.low_res, self.split, device)
+        self.distiller = build_teacher(cfg, self.classes, self.preprocess, self.splits.low_res, self.partly_frozen, device)
         self.recipe = recipe.Recipe.from_config(cfg)
         self.mix = self.recipe.batch_transform(len(self.classes))  # MixUp/CutMix: soft targets, or None
         self.train_data, self.val_data = build_sources(cfg, self.splits, self.preprocess, self.recipe, device, dist, num_workers)
-        self.cache_train, self.cache_val = cache_plan(cfg, self.split)
+        self.cache_train, self.cache_val = cache_plan(cfg, self.partly_frozen)
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built
         # With BatchNorm, a last training batch of one image joins the one before (epoch_batches).
         self.join_lone_last = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self.steps_per_epoch = steps_per_epoch(len(self.train_data), self.batch, dist.world, self.join_lone_last)
         self.optimizer, self.scheduler, self.warmup, self.lr = build_optimizer(cfg, self.model, self.steps_per_epoch, self.warn)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.train_net, self.eval_net = build_networks(self.split, dist, device, cfg.compile)
+        self.train_net, self.eval_net = build_networks(self.partly_frozen, dist, device, cfg.compile)
         self.step, self.history, self.meter = 0, [], Meter(device)  # where the run stands
         self.saved_step: Optional[int] = None  # the step checkpoint.pt holds, if there is one
         self.last_confusion: Optional[torch.Tensor] = None
@@ -479,7 +464,7 @@ class Trainer:
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of one training batch."""
-        features = inputs if self.features["train"] is not None else self.split.prefix(inputs)
+        features = inputs if self.features["train"] is not None else self.partly_frozen.prefix(inputs)
         logits = self.train_net(features)
         if self.distiller is None:
             loss = self.recipe.loss(logits, targets)
@@ -569,7 +554,7 @@ class Trainer:
         self.eval_net.eval()
 
         def forward(inputs):
-            return self.eval_net(inputs if cached else self.split.prefix(inputs))
+            return self.eval_net(inputs if cached else self.partly_frozen.prefix(inputs))
 
         # Processes hold unequal shares of the validation set, so only a single process may stop midway.
         should_stop = (lambda: stop.requested) if self.dist.world == 1 else (lambda: False)
@@ -589,7 +574,7 @@ class Trainer:
                 continue
             with self.bar(len(source), f"caching {name} features") as bar:
                 built = cache.build(
-                    self.split.prefix, source, storage=self.cfg.cache, device=self.device, dtype=self.dtype,
+                    self.partly_frozen.prefix, source, storage=self.cfg.cache, device=self.device, dtype=self.dtype,
                     path=self.out / rundir.CACHE_DIR / f"{name}.npy", batch_size=self.batch, rank=self.dist.rank,
                     world=self.dist.world, progress=bar, should_stop=should_stop,
                 )
@@ -625,7 +610,7 @@ class Trainer:
 
     def log_setup(self) -> None:
         cfg = self.cfg
-        self.log(self.split.describe())
+        self.log(self.partly_frozen.describe())
         if getattr(self.model.cfg, "token_learner_tokens", 0):  # the compute TokenLearner saves
             from tinyvit.flops import describe_token_learner
 
@@ -739,7 +724,7 @@ class Trainer:
             "image_size": self.preprocess.image_size, "epochs": len(self.history),
             "final": self.history[-1], "best": best,
             "trainable_params": trainable, "total_params": total,
-            "trainable_groups": self.split.trainable_groups(),
+            "trainable_groups": self.partly_frozen.trainable_groups(),
             "classes": self.classes, "per_class_acc": per_class_accuracy(confusion), "confusion": confusion.tolist(),
             "timing": timing(self.history), "config": self.run_config(),
         }
