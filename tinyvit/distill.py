@@ -98,12 +98,12 @@ def check_classes(path: Path, teacher: nn.Module, classes: list) -> None:
     count = teacher.cfg.num_classes
     if count != len(classes):
         raise TinyvitError(f"--teacher {path}: it predicts {count} classes, the dataset has {len(classes)} "
-                         f"({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''})")
+                           f"({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''})")
     names = _classes_beside(path)
     if names is not None and [str(n) for n in names] != [str(c) for c in classes]:
         i = next((i for i, (a, b) in enumerate(zip(names, classes)) if str(a) != str(b)), min(len(names), len(classes)))
         raise TinyvitError(f"--teacher {path}: its classes.json differs from the dataset's classes at index {i}: "
-                         f"teacher {names[i:i + 3]}, dataset {classes[i:i + 3]}")
+                           f"teacher {names[i:i + 3]}, dataset {classes[i:i + 3]}")
 
 
 def load_teacher(path: Union[str, Path], classes: list, device: torch.device) -> nn.Module:

@@ -223,8 +223,8 @@ def check_memory(cfg: Config) -> None:
         values = 64 * (size // 2) ** 2  # the stem's output for one image
     if isinstance(values, int) and 4 * values > total_ram():
         raise TinyvitError(f"--image-size {size}: too large for this machine's memory ({4 * values / 2**30:,.0f} GiB for "
-                         f"{'the position embedding' if preset['arch'] == 'vit' else 'one image'} alone, "
-                         f"{total_ram() / 2**30:,.0f} GiB of RAM); use a smaller --image-size")
+                           f"{'the position embedding' if preset['arch'] == 'vit' else 'one image'} alone, "
+                           f"{total_ram() / 2**30:,.0f} GiB of RAM); use a smaller --image-size")
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -171,7 +171,7 @@ class MaskedAutoencoder(nn.Module):
                             pos_embed="sincos", class_token=cfg.class_token, pool="cls" if cfg.class_token else "mean")
         except ValueError as e:
             raise TinyvitError(f"MAE decoder (decoder_dim={decoder_dim}, decoder_depth={decoder_depth}, "
-                             f"decoder_heads={decoder_heads}): {e}") from None
+                               f"decoder_heads={decoder_heads}): {e}") from None
         self.decoder_cfg = dec
         self.decoder_embed = nn.Linear(cfg.dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -335,7 +335,7 @@ def finetune_model(encoder: VisionTransformer, num_classes: int, wanted: dict, c
               if k in wanted and wanted[k] != cfg.get(k)]
     if differ:
         raise TinyvitError("the pretrained encoder does not have the architecture asked for (--model, --override): "
-                         + "; ".join(differ))
+                           + "; ".join(differ))
     changes = dict(changes)
     if "pool" not in changes and "fc_norm" not in changes:
         changes.update(pool="mean", fc_norm=True)  # MAE's global_pool=True

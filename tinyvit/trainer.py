@@ -127,7 +127,7 @@ def check_image_size(cfg: Config) -> None:
         patch = parse_overrides(cfg.override, cfg.model).get("patch_size", preset["config"]["patch_size"])
         if isinstance(patch, int) and patch >= 1 and (size < patch or size % patch):
             raise TinyvitError(f"--image-size {size}: {cfg.model} cuts images into {patch}x{patch} patches; "
-                             f"use a multiple of {patch} (the smallest is {patch})")
+                               f"use a multiple of {patch} (the smallest is {patch})")
     elif preset["arch"] == "resnet" and size < RESNET_MIN_SIZE:
         raise TinyvitError(f"--image-size {size}: a ResNet downsamples by 32; use at least {RESNET_MIN_SIZE} pixels")
 
@@ -284,7 +284,7 @@ def build_optimizer(cfg: Config, model: nn.Module, steps_per_epoch: int, warn: C
         warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch)) if cfg.warmup_epochs > 0 else 0
         if warmup and warmup >= total:
             raise TinyvitError(f"--warmup-epochs {cfg.warmup_epochs:g} covers the whole run of {cfg.epochs} epochs "
-                             f"({total} steps); use fewer, or 0 for no warm-up")
+                               f"({total} steps); use fewer, or 0 for no warm-up")
     lr = cfg.resolved_lr()
     if lr == 0:
         warn("--lr 0: the learning rate is zero, so nothing will train")
@@ -322,7 +322,7 @@ def cache_plan(cfg: Config, split: freeze.Split) -> tuple[bool, bool]:
             raise TinyvitError(f"--cache {cfg.cache}: --unfreeze all leaves no frozen prefix to cache")
         if cfg.augment:
             raise TinyvitError(f"--cache {cfg.cache}: augmented images differ every epoch; pass --no-augment "
-                             f"to cache the training features")
+                               f"to cache the training features")
     # Validation images are never augmented: their features are cached whenever the prefix is frozen.
     return frozen and not cfg.augment, frozen
 
@@ -684,7 +684,7 @@ class Trainer:
         step, spe, was, done = state["step"], self.steps_per_epoch, state["steps_per_epoch"], len(state["history"])
         if step != done * was and (was != spe or state["world_size"] != self.dist.world):
             raise TinyvitError(f"the run was interrupted mid-epoch with {state['world_size']} processes and {was} steps per "
-                             f"epoch (now {self.dist.world} and {spe}); resume it with the same processes and data")
+                               f"epoch (now {self.dist.world} and {spe}); resume it with the same processes and data")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
