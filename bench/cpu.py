@@ -317,6 +317,8 @@ def case_loop(case: Case, batch: int, smoke: bool) -> tuple[dict, str, dict]:
 
     from tinyvit import data, finetune, freeze
     from tinyvit.batches import TensorBatches
+    from tinyvit.processes import Dist
+    from tinyvit.trainer import Trainer
 
     argv = ["--model", case.model, *case.flags, "--weights", "none", "--unfreeze", "all", "--lr", "1e-3",
             "--batch-size", str(batch), "--num-workers", "0", "--no-progress", "--epochs", "100", "--warmup-epochs", "0"]
@@ -329,7 +331,7 @@ def case_loop(case: Case, batch: int, smoke: bool) -> tuple[dict, str, dict]:
         limit = data.IN_MEMORY_LIMIT
         data.IN_MEMORY_LIMIT = limit if in_memory else 0  # 0: the per-image path
         try:
-            return finetune.Trainer(cfg, finetune.Dist(), torch.device("cpu"))
+            return Trainer(cfg, Dist(), torch.device("cpu"))
         finally:
             data.IN_MEMORY_LIMIT = limit
 

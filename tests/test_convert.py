@@ -15,7 +15,8 @@ from convert_fixtures import no_warnings, npz_from_timm, perturb, rel_err, tiny_
 from safetensors.torch import save_file
 
 import tinyvit
-from tinyvit.convert import CheckpointError, load_pretrained
+from tinyvit.checkpoint import CheckpointError
+from tinyvit.convert import load_pretrained
 from tinyvit.presets import DEIT, GOOGLE, TORCHVISION
 from tinyvit.vit import resample_pos_embed
 

@@ -8,6 +8,8 @@ import torch
 
 import tinyvit
 from tinyvit import distill, finetune, rundir
+from tinyvit.processes import Dist, StopRequest
+from tinyvit.trainer import Trainer
 from tinyvit.preprocess import Preprocess
 from tinyvit.vit import ViTConfig, VisionTransformer
 
@@ -166,12 +168,12 @@ def test_cli_distils_with_a_frozen_teacher_and_reports_both_terms(teacher_run, t
 def test_cached_teacher_logits_equal_live_ones(teacher_run, tmp_path):
     cfg, _ = finetune.parse_args(TINY_VIT + SMALL_RUN + ["--no-augment", "--epochs", "1", "--teacher", str(teacher_run),
                                                          "--out", str(tmp_path / "s")])
-    trainer = finetune.Trainer(cfg, finetune.Dist(), torch.device("cpu"))
+    trainer = Trainer(cfg, Dist(), torch.device("cpu"))
     trainer.run = rundir.RunDir.open(tmp_path / "s")  # as finetune.main does: every file goes through it
     trainer.run.start(fresh=True, dataset={})
     d = trainer.distiller
     snapshot = {k: v.clone() for k, v in d.teacher.state_dict().items()}  # BatchNorm statistics included
-    assert trainer.fit(finetune.StopRequest(trainer.log))  # the logits once, then one epoch of training against them
+    assert trainer.fit(StopRequest(trainer.log))  # the logits once, then one epoch of training against them
     assert d.cache is not None and d.cache.features.shape == (64, 10)
     images, _ = next(trainer.train_data.batches([list(range(64))]))  # the student's images, unaugmented
     torch.testing.assert_close(d.cache.features, d.teacher_logits(images), rtol=1e-5, atol=1e-5)

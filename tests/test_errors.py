@@ -13,8 +13,12 @@ from safetensors.torch import load_file, save_file
 
 import tinyvit
 from tinyvit import data, evaluate, finetune, predict
-from tinyvit.convert import CheckpointError
-from tinyvit.finetune import Dist
+from tinyvit import trainer as trainer_module
+from tinyvit.checkpoint import CheckpointError
+from tinyvit.presets import parse_overrides
+from tinyvit.processes import Dist
+from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch
+from tinyvit.trainer import Trainer
 
 TINY_VIT = ["--model", "vit_tiny_patch16_224", "--weights", "none", "--image-size", "32",
             "--override", "patch_size=8,dim=32,depth=2,num_heads=2,mlp_dim=64"]
@@ -112,15 +116,15 @@ def test_checkpoint_of_an_unfinished_run_says_to_resume(tmp_path):
 def test_a_last_batch_of_one_joins_the_one_before(n, batch, world):
     counts = None
     for rank in range(world):
-        batches = finetune.epoch_batches(n, batch, Dist(rank, world), seed=0, epoch=1, merge_single=True)
-        assert len(batches) == finetune.steps_per_epoch(n, batch, world, merge_single=True)
+        batches = epoch_batches(n, batch, Dist(rank, world), seed=0, epoch=1, join_lone_last=True)
+        assert len(batches) == steps_per_epoch(n, batch, world, join_lone_last=True)
         assert sorted(len(b) for b in batches)[0] >= min(2, sum(map(len, batches)))
         assert counts in (None, [len(b) for b in batches])  # every process steps together
         counts = [len(b) for b in batches]
     if world == 1:
         assert sorted(i for b in batches for i in b) == list(range(n))  # every image still trains
-    plain = finetune.epoch_batches(n, batch, Dist(0, world), seed=0, epoch=1)  # without BatchNorm: as it was
-    assert len(plain) == finetune.steps_per_epoch(n, batch, world) == math.ceil(math.ceil(n / world) / batch)
+    plain = epoch_batches(n, batch, Dist(0, world), seed=0, epoch=1)  # without BatchNorm: as it was
+    assert len(plain) == steps_per_epoch(n, batch, world) == math.ceil(math.ceil(n / world) / batch)
 
 
 def test_resnet_trains_with_a_last_batch_of_one_image(tmp_path, capsys):
@@ -204,6 +208,26 @@ def test_bad_flags_are_one_line_and_touch_nothing(tmp_path, args, message):
     assert "\n" not in str(err.value) and not out.exists()
 
 
+@pytest.mark.parametrize("error", [RuntimeError("CUDA error: an illegal memory access"), TypeError("bad operand")])
+def test_a_bug_during_set_up_keeps_its_traceback(tmp_path, monkeypatch, error):
+    """Only tinyvit's own errors (the user's mistakes) become one line: a RuntimeError from torch
+    or a TypeError is a bug, and the traceback is what finds it."""
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(trainer_module, "build_model", broken)
+    out = tmp_path / "out"
+    with pytest.raises(type(error), match=str(error)):
+        finetune.main(TINY_VIT + TINY_RUN + ["--out", str(out)])
+    assert not out.exists()  # the lock is released and the folder it made removed, as for a user mistake
+
+
+def test_a_missing_weights_file_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="--weights .*nowhere.pt: no such file or directory") as err:
+        finetune.main(TINY_VIT[:2] + ["--weights", str(tmp_path / "nowhere.pt")] + TINY_RUN + ["--out", str(tmp_path / "o")])
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("size, message", [("16", "a ResNet downsamples by 32; use at least 32"),
                                            ("0", "expected a positive number")])
 def test_resnet_image_size_below_its_stride(tmp_path, size, message):
@@ -213,10 +237,10 @@ def test_resnet_image_size_below_its_stride(tmp_path, size, message):
 
 
 def test_override_layers_list_is_still_accepted():
-    assert finetune.parse_overrides(["layers=[1,1,1,1]"], "resnet18") == {"layers": [1, 1, 1, 1]}
-    assert finetune.parse_overrides(["pre_logits=None,drop_path=0"], "vit_tiny_patch16_224") == {"pre_logits": None, "drop_path": 0}
+    assert parse_overrides(["layers=[1,1,1,1]"], "resnet18") == {"layers": [1, 1, 1, 1]}
+    assert parse_overrides(["pre_logits=None,drop_path=0"], "vit_tiny_patch16_224") == {"pre_logits": None, "drop_path": 0}
     with pytest.raises(ValueError, match="ResNetConfig.layers expects a list"):
-        finetune.parse_overrides(["layers=2"], "resnet18")
+        parse_overrides(["layers=2"], "resnet18")
 
 
 def test_one_step_run_adapts_the_default_warmup(tmp_path, capsys):
@@ -229,8 +253,8 @@ def test_one_step_run_adapts_the_default_warmup(tmp_path, capsys):
 
 
 def test_warmup_zero_means_none():
-    assert finetune.lr_factor(0, warmup=0, total=10) == 1.0
-    assert finetune.lr_factor(5, warmup=0, total=10) == pytest.approx(0.5)
+    assert lr_factor(0, warmup=0, total=10) == 1.0
+    assert lr_factor(5, warmup=0, total=10) == pytest.approx(0.5)
 
 
 def test_lr_zero_warns_that_nothing_trains(tmp_path, capsys):
@@ -477,7 +501,7 @@ def test_out_of_memory_in_training_suggests_a_smaller_batch(tmp_path, monkeypatc
     def oom(self, *batch):
         raise error
 
-    monkeypatch.setattr(finetune.Trainer, "train_step", oom)
+    monkeypatch.setattr(Trainer, "train_step", oom)
     with pytest.raises(SystemExit, match=r"^tinyvit.finetune: error: out of memory in epoch 1 \(.*\); try a smaller "
                                          r"--batch-size \(now 16\)") as err:
         finetune.main(TINY_VIT + TINY_RUN + ["--out", str(tmp_path / "out")])

@@ -19,7 +19,8 @@ from convert_fixtures import perturb
 
 import tinyvit
 from tinyvit import export as ex
-from tinyvit.convert import Checkpoint, map_keys
+from tinyvit.checkpoint import Checkpoint
+from tinyvit.keymaps import map_keys
 from tinyvit.preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from tinyvit.resnet import ResNet, ResNetConfig
 from tinyvit.vit import ViTConfig, VisionTransformer

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tinyvit
-from tinyvit import evaluate, finetune, predict
+from tinyvit import evaluate, finetune, predict, rundir
 from image_fixtures import make_image_folder
 
 
@@ -34,7 +34,7 @@ def test_end_to_end_outputs_and_the_saved_model(tmp_path, capsys):
     assert "epoch train loss" in log  # the summary table
     for name in finetune.OUTPUTS:
         assert (out / name).is_file(), name
-    assert not (out / finetune.CACHE_DIR).exists()
+    assert not (out / rundir.CACHE_DIR).exists()
     rows = metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:

@@ -17,6 +17,7 @@ from PIL import Image
 
 import tinyvit
 from tinyvit import data, evaluate, finetune, predict, rundir
+from tinyvit.checkpoint import read_run_state
 from image_fixtures import make_image_folder
 
 TINY = ["--model", "vit_tiny_patch16_224", "--weights", "none", "--image-size", "32",
@@ -225,7 +226,7 @@ def test_a_lock_that_is_not_a_regular_file_of_its_own_is_refused(tmp_path, kind)
 
 def test_resume_writes_only_into_the_out_it_was_given(finished_run, tmp_path):
     """checkpoint.pt records the run's --out; a copied or edited run resumed elsewhere must not write there."""
-    state = finetune.load_checkpoint(finished_run / "checkpoint.pt")
+    state = read_run_state(finished_run / "checkpoint.pt")
     stored = dict(state["config"], out=str(tmp_path / "elsewhere"), epochs=2)
     cfg, given = finetune.parse_args(["--out", str(tmp_path / "here"), "--resume", "--epochs", "2"])
     assert finetune.resumed_config(cfg, given, stored).out_dir() == tmp_path / "here"
@@ -354,9 +355,9 @@ def test_workers_left_running_by_an_error_do_not_hang_the_exit():
     an exception kept alive must still let the interpreter exit (it hung the test suite once)."""
     script = (
         "import torch\n"
-        "from tinyvit import finetune\n"
+        "from tinyvit.processes import start_workers\n"
         "loader = torch.utils.data.DataLoader(list(range(64)), batch_size=4, num_workers=2)\n"
-        "it = finetune.start_workers(loader)\n"
+        "it = start_workers(loader)\n"
         "next(it)\n"
         "print('one batch', flush=True)\n"  # `it` stays alive: its workers are never shut down
     )

@@ -124,7 +124,7 @@ def test_an_interrupted_run_is_resumed_and_jobs_run_in_processes(tmp_path, capsy
             "--data-seed", "0", "--epochs", "1", "--no-progress", "--limit-train", "32"]
     assert finetune.main(argv) == 0
     (first.out / "summary.json").unlink()
-    assert study.state(first) == "resume"
+    assert study.run_state(first) is study.RunState.RESUMABLE
     # Two runs at once in processes: seed 0 continues from its checkpoint, seed 1 starts.
     assert study.main(["--jobs", "2", *args]) == 0
     log = study.log_path(first).read_text()

@@ -38,6 +38,8 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
+from tinyvit.errors import TinyvitError
+
 STORAGES = ("auto", "off", "device", "memory", "disk")
 MEMORY_FRACTION = 0.25  # 'auto' keeps host-RAM caches under a quarter of the machine's memory
 DEVICE_FRACTION = 0.5  # and GPU caches under half of the free GPU memory, leaving room to train
@@ -55,9 +57,9 @@ def total_ram() -> int:
 def choose_storage(kind: str, nbytes: int, device: torch.device, directory: Path) -> str:
     """Resolve 'auto' to the fastest storage that fits `nbytes`; check an explicit choice fits."""
     if kind not in STORAGES or kind == "off":
-        raise ValueError(f"cache storage {kind!r}; expected one of device, memory, disk, auto")
+        raise TinyvitError(f"cache storage {kind!r}; expected one of device, memory, disk, auto")
     if kind == "device" and device.type != "cuda":
-        raise ValueError("--cache device keeps the features in GPU memory; this run is on the CPU (use memory or disk)")
+        raise TinyvitError("--cache device keeps the features in GPU memory; this run is on the CPU (use memory or disk)")
     if kind == "auto":
         if device.type == "cuda" and nbytes < DEVICE_FRACTION * torch.cuda.mem_get_info(device)[0]:
             return "device"
@@ -68,7 +70,7 @@ def choose_storage(kind: str, nbytes: int, device: torch.device, directory: Path
         directory.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(directory).free
         if nbytes > free:
-            raise ValueError(
+            raise TinyvitError(
                 f"the feature cache needs {nbytes / 2**30:.1f} GiB but {directory} has {free / 2**30:.1f} GiB free; "
                 f"use --cache off (or a smaller --image-size / --limit-train)"
             )
@@ -147,7 +149,7 @@ def build(
     should_stop: Callable[[], bool] = lambda: False,  # must agree across processes
 ) -> Optional[FeatureCache]:
     """Run `prefix` once over every item of `source` and keep its outputs; None if `should_stop()` turned true."""
-    from tinyvit.evaluate import autocast
+    from tinyvit.device import autocast
 
     start = time.perf_counter()
     n = len(source)

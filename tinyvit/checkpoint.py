@@ -30,12 +30,13 @@ from torch import nn
 
 from tinyvit import rundir
 from tinyvit.atomic import write_atomic
+from tinyvit.errors import MissingFileError, TinyvitError
 
 FORMAT = "tinyvit"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TinyvitError):
     """A checkpoint that cannot be read, or does not fit the model it describes."""
 
 
@@ -86,6 +87,35 @@ def save_pretrained(model: nn.Module, directory) -> Path:
     write_atomic(directory / "model.safetensors", lambda f: f.write(save(tensors, metadata={"format": "pt"})))
     write_atomic(directory / "config.json", lambda f: f.write((json.dumps(config, indent=2) + "\n").encode()))
     return directory
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's checkpoint.pt: its whole training state, read back for --resume, export and the study.
+# ---------------------------------------------------------------------------------------------
+
+
+class NotRunState(CheckpointError):
+    """A file that is no run's checkpoint.pt of the asked format (another pickle, another run's)."""
+
+
+def read_run_state(path, kind: str = rundir.CHECKPOINT_FORMAT, version: Optional[int] = rundir.CHECKPOINT_VERSION,
+                   verify: bool = True) -> dict:
+    """The training state a run of `kind` (tinyvit.finetune's, tinyvit.pretrain's) saved in `path`:
+    in a run directory first checked against the manifest's SHA-256, then unpickled as tensors and
+    plain values only (weights_only), then its format and `version` checked (None: any version).
+    verify=False skips the checksum, for a glance at how far a run got, never for what is used."""
+    path = Path(path)
+    if verify:
+        rundir.verify(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise NotRunState(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != kind:
+        raise NotRunState(f"{path}: not a {kind} checkpoint")
+    if version is not None and state.get("version") != version:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}, expected {version}")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +316,7 @@ def read_checkpoint(source) -> Checkpoint:
         raise TypeError(f"source must be a path to a checkpoint file or directory, got {type(source).__name__}")
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"{source}: no such checkpoint file or directory")
+        raise MissingFileError(f"{source}: no such checkpoint file or directory")
     source = _as_its_directory(source)
     config = preprocessor = None
     if source.is_dir():

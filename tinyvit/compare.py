@@ -7,9 +7,11 @@ and the time. Used by `make study` to set the ViT beside the ResNet.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from tinyvit.errors import TinyvitError
+from tinyvit.rundir import read_metrics
 
 
 @dataclass
@@ -21,26 +23,6 @@ class RunSummary:
     final_val_loss: float
     final_train_acc: float
     seconds: float
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl; is {run_dir} the --out of a tinyvit.finetune run?")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {i}: not valid JSON ({e})") from e
-    if not rows:
-        raise ValueError(f"{path} holds no epochs yet")
-    missing = {"epoch", "val_acc", "val_loss", "train_acc", "seconds"} - set(rows[-1])
-    if missing:
-        raise ValueError(f"{path}: the last epoch lacks {sorted(missing)}")
-    return rows
 
 
 def summarise(run_dir: Path) -> RunSummary:
@@ -74,7 +56,7 @@ def main(argv=None) -> list[RunSummary]:
     args = parser.parse_args(argv)
     try:
         runs = [summarise(r) for r in args.runs]
-    except (FileNotFoundError, ValueError) as e:
+    except TinyvitError as e:
         parser.exit(2, f"error: {e}\n")
     print(format_table(runs))
     return runs

@@ -38,12 +38,10 @@ import torch
 from torch import nn
 
 from tinyvit.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, read_checkpoint
+from tinyvit.errors import TinyvitError
 from tinyvit.keymaps import FAMILIES, Mapped, map_keys, shape_of
 from tinyvit.presets import DEIT, GOOGLE, PRESETS, TORCHVISION, build_model
 from tinyvit.preprocess import HALF, PIL_RESAMPLE, Preprocess
-
-# Re-exported for existing callers (`from tinyvit.convert import save_pretrained, read_tensors`).
-from tinyvit.checkpoint import read_tensors, save_pretrained  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # 3. The architecture, from the shapes.
@@ -506,6 +504,22 @@ def _check_values(state: dict, expected: dict, origin: dict) -> tuple[list, list
     return wrong_dtype, not_finite
 
 
+def model_of_run_state(state: dict, path: Path, preprocess: str = "preprocess") -> nn.Module:
+    """The model a run's checkpoint.pt holds (`checkpoint.read_run_state`), its config checked
+    against its weights before it is built and its weights as load_pretrained checks them. It
+    carries the state's `preprocess` (training's, to resume) or `eval_preprocess` (to serve)."""
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not isinstance(state.get("model_config"), dict):
+        raise CheckpointError(f"{path}: a tinyvit.finetune checkpoint without its model state")
+    check_config_fits(state.get("arch"), state["model_config"], weights, path)
+    try:
+        model = build_model(state["arch"], state["model_config"], Preprocess.from_dict(state[preprocess]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: model_config: {e}") from e
+    load_strict(model, Mapped(state=dict(weights), origin={k: k for k in weights}), path, "a tinyvit.finetune checkpoint")
+    return model
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. The entry point.
 # ---------------------------------------------------------------------------------------------
@@ -534,7 +548,7 @@ def load_pretrained(
         norm_eps, act, pool, patch_embed, ...); a field that does is caught by the strict check.
     """
     if name is not None and name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise TinyvitError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     ckpt = read_checkpoint(source)
     what = FAMILIES[ckpt.family][0]
 

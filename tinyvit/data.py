@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from tinyvit.errors import TinyvitError
 from tinyvit.preprocess import Preprocess
 
 
@@ -70,7 +71,7 @@ HF_PREFIX = "hf:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class DatasetError(ValueError):
+class DatasetError(TinyvitError):
     """A dataset that cannot be used as asked: missing folders, empty classes, unreadable images."""
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyvit.errors import MissingFileError, TinyvitError
 from tinyvit.preprocess import Preprocess
 
 KINDS = ("hard", "soft")
@@ -64,7 +65,7 @@ def distillation_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, label term, distillation term), each a scalar, as DeiT's DistillationLoss."""
     if kind not in KINDS:
-        raise ValueError(f"distillation kind {kind!r}; expected one of {KINDS}")
+        raise TinyvitError(f"distillation kind {kind!r}; expected one of {KINDS}")
     cls, dist = (o.float() for o in split_heads(outputs))
     teacher = teacher_logits.float()
     base = F.cross_entropy(cls, targets)
@@ -89,20 +90,20 @@ def _classes_beside(path: Path) -> Optional[list]:
     try:  # verified against a run's manifest; one that cannot be read is refused, not skipped
         return rundir.read_classes(path if path.is_dir() else path.parent)
     except ValueError as e:
-        raise ValueError(f"--teacher {path}: {e}; cannot check the teacher's classes against the dataset's") from None
+        raise TinyvitError(f"--teacher {path}: {e}; cannot check the teacher's classes against the dataset's") from None
 
 
 def check_classes(path: Path, teacher: nn.Module, classes: list) -> None:
     """Refuse a teacher that predicts other classes than the dataset's, naming both."""
     count = teacher.cfg.num_classes
     if count != len(classes):
-        raise ValueError(f"--teacher {path}: it predicts {count} classes, the dataset has {len(classes)} "
-                         f"({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''})")
+        raise TinyvitError(f"--teacher {path}: it predicts {count} classes, the dataset has {len(classes)} "
+                           f"({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''})")
     names = _classes_beside(path)
     if names is not None and [str(n) for n in names] != [str(c) for c in classes]:
         i = next((i for i, (a, b) in enumerate(zip(names, classes)) if str(a) != str(b)), min(len(names), len(classes)))
-        raise ValueError(f"--teacher {path}: its classes.json differs from the dataset's classes at index {i}: "
-                         f"teacher {names[i:i + 3]}, dataset {classes[i:i + 3]}")
+        raise TinyvitError(f"--teacher {path}: its classes.json differs from the dataset's classes at index {i}: "
+                           f"teacher {names[i:i + 3]}, dataset {classes[i:i + 3]}")
 
 
 def load_teacher(path: Union[str, Path], classes: list, device: torch.device) -> nn.Module:
@@ -112,11 +113,11 @@ def load_teacher(path: Union[str, Path], classes: list, device: torch.device) ->
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"--teacher {path}: no such file or directory")
+        raise MissingFileError(f"--teacher {path}: no such file or directory")
     teacher = load_pretrained(path)
     check_classes(path, teacher, classes)
     if teacher.preprocess is None:
-        raise ValueError(f"--teacher {path}: the checkpoint records no preprocessing (mean/std, resolution)")
+        raise TinyvitError(f"--teacher {path}: the checkpoint records no preprocessing (mean/std, resolution)")
     teacher.requires_grad_(False)
     freeze._pin_eval(teacher)  # eval mode whoever calls train(): BatchNorm statistics, dropout fixed
     return teacher.to(device)
@@ -150,9 +151,9 @@ class Distiller:
     def __init__(self, teacher: nn.Module, student_preprocess: Preprocess, kind: str = "hard",
                  alpha: float = 0.5, tau: float = 1.0, source: str = "teacher"):
         if kind not in KINDS:
-            raise ValueError(f"--distill {kind!r}; expected one of {', '.join(KINDS)}")
+            raise TinyvitError(f"--distill {kind!r}; expected one of {', '.join(KINDS)}")
         if not 0.0 <= alpha <= 1.0 or tau <= 0:
-            raise ValueError(f"--distill-alpha {alpha} must lie in [0, 1] and --distill-tau {tau} be positive")
+            raise TinyvitError(f"--distill-alpha {alpha} must lie in [0, 1] and --distill-tau {tau} be positive")
         self.teacher, self.student_preprocess = teacher, student_preprocess
         self.kind, self.alpha, self.tau, self.source = kind, alpha, tau, source
         self.cache = None  # cache.FeatureCache of the teacher's logits per training image, once built

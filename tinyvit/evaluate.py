@@ -7,13 +7,11 @@ validation split.
 also holds classes.json, and the dataset's classes must match it. The images get the checkpoint's
 own preprocessing (upsampled straight to its resolution for 32-pixel datasets, as in training).
 
-The loop below (`evaluate`) is also the one tinyvit.finetune validates with, and the device and
-mixed-precision helpers are shared with it and tinyvit.predict.
+The loop below (`evaluate`) is also the one tinyvit.finetune validates with.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -23,42 +21,8 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn.functional as F
 
-# ---------------------------------------------------------------------------------------------
-# Device and mixed precision.
-# ---------------------------------------------------------------------------------------------
-
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto': this process's GPU if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
-def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for --amp: 'auto' is bf16 on GPUs that have it, fp16 on older ones, off on CPU
-    (CPU autocast is slower than fp32 on most CPUs)."""
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"--amp {amp!r}; expected one of {', '.join(AMP_CHOICES)}")
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
+from tinyvit.device import AMP_CHOICES, amp_dtype, autocast, resolve_device
+from tinyvit.errors import MissingFileError, TinyvitError
 
 # ---------------------------------------------------------------------------------------------
 # The evaluation loop.
@@ -185,16 +149,16 @@ def run(cfg: EvalConfig) -> dict:
     if cfg.json:  # checked before the evaluation, which may take long, not when writing its result
         target = Path(cfg.json)
         if target.is_dir():
-            raise ValueError(f"--json {target}: is a directory; give a file name, e.g. {target / 'eval.json'}")
+            raise TinyvitError(f"--json {target}: is a directory; give a file name, e.g. {target / 'eval.json'}")
         if not target.parent.is_dir():
-            raise FileNotFoundError(f"--json {target}: no directory {target.parent} to write it in")
+            raise MissingFileError(f"--json {target}: no directory {target.parent} to write it in")
     device = resolve_device(cfg.device)
     model_dir = Path(cfg.model_dir)
     if not model_dir.exists():
-        raise FileNotFoundError(f"--model-dir {model_dir}: no such file or directory")
+        raise MissingFileError(f"--model-dir {model_dir}: no such file or directory")
     model = load_pretrained(model_dir).to(device).eval()
     if model.preprocess is None:
-        raise ValueError(f"{model_dir}: the checkpoint carries no preprocessing (mean/std, resolution)")
+        raise TinyvitError(f"{model_dir}: the checkpoint carries no preprocessing (mean/std, resolution)")
     splits = load_splits(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, seed=cfg.seed, limit_val=cfg.limit)
     trained_on = read_classes(model_dir)
     if trained_on is not None and trained_on != splits.classes:
@@ -227,12 +191,10 @@ def run(cfg: EvalConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    from tinyvit.data import DatasetError
-
     cfg = parse_args(argv)
     try:
         run(cfg)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
+    except TinyvitError as e:  # the user's mistake; anything else is a bug and keeps its traceback
         raise SystemExit(f"tinyvit.evaluate: error: {e}") from None
     return 0
 

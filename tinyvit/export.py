@@ -52,13 +52,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
-import torch
 from einops import rearrange
 from torch import nn
 
 from tinyvit import rundir
 from tinyvit.atomic import write_atomic
-from tinyvit.checkpoint import CheckpointError
+from tinyvit.checkpoint import CheckpointError, NotRunState, read_run_state
+from tinyvit.errors import MissingFileError, TinyvitError
 from tinyvit.keymaps import HUGGING_FACE, RESNET, TIMM, compile_pattern, same
 from tinyvit.presets import PRESETS
 from tinyvit.preprocess import PIL_RESAMPLE, Preprocess
@@ -68,7 +68,7 @@ from tinyvit.vit import ViTConfig, VisionTransformer
 TARGETS = ("hf", "timm")
 
 
-class ExportError(ValueError):
+class ExportError(TinyvitError):
     """A model the target format cannot represent, or an output folder that is not free."""
 
 
@@ -423,42 +423,27 @@ def _json(obj) -> bytes:
 
 
 def _finetune_checkpoint(path: Path) -> Optional[dict]:
-    """The state of a run's checkpoint.pt (tinyvit/trainer.py), else None. In a run directory its
-    bytes are first checked against the run's manifest, as --resume checks them."""
+    """The state of a run's checkpoint.pt (tinyvit/trainer.py), else None: another file is left to
+    load_pretrained, which says what it is. Export reads only the model, which every version holds."""
     if path.suffix not in (".pt", ".pth"):
         return None
     try:
-        rundir.verify(path)
+        return read_run_state(path, version=None)
+    except NotRunState:
+        return None
     except (rundir.ChecksumError, rundir.RunDirError) as e:
         raise CheckpointError(str(e)) from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None  # not a plain pickle of tensors: let load_pretrained say what it is
-    return state if isinstance(state, dict) and state.get("format") == rundir.CHECKPOINT_FORMAT else None
 
 
 def _model_of_checkpoint(path: Path, state: dict) -> nn.Module:
-    """The model of a run's checkpoint.pt, with the preprocessing the run evaluates with, its keys,
-    shapes and values checked as load_pretrained checks them."""
-    from tinyvit.convert import check_config_fits, load_strict
-    from tinyvit.keymaps import Mapped
-    from tinyvit.presets import build_model
+    """The model of a run's checkpoint.pt, with the preprocessing the run evaluates with."""
+    from tinyvit.convert import model_of_run_state
 
-    if not isinstance(state.get("eval_preprocess"), dict):  # checkpoints of tinyvit before it was recorded
+    if not isinstance(state.get("eval_preprocess"), dict):  # a checkpoint that does not record it
         raise ExportError(f"{path}: does not record the preprocessing its model is evaluated with (only the training "
                           f"one); let the run finish (python -m tinyvit.finetune --out {path.parent} --resume) and export "
                           f"the run directory")
-    weights = state.get("model")
-    if not isinstance(weights, dict) or not isinstance(state.get("model_config"), dict):
-        raise CheckpointError(f"{path}: a tinyvit.finetune checkpoint without its model state")
-    check_config_fits(state.get("arch"), state["model_config"], weights, path)
-    try:
-        model = build_model(state["arch"], state["model_config"], Preprocess.from_dict(state["eval_preprocess"]))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: model_config: {e}") from e
-    load_strict(model, Mapped(state=dict(weights), origin={k: k for k in weights}), path, "a tinyvit.finetune checkpoint")
-    return model.eval()
+    return model_of_run_state(state, path, "eval_preprocess").eval()
 
 
 def load_source(source) -> tuple[nn.Module, Optional[list]]:
@@ -471,7 +456,7 @@ def load_source(source) -> tuple[nn.Module, Optional[list]]:
 
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run directory or checkpoint")
+        raise MissingFileError(f"{path}: no such run directory or checkpoint")
     if path.is_file() and (path.parent / rundir.MANIFEST).is_file():
         path = path.parent
     if path.is_dir() and (path / rundir.MANIFEST).is_file() and not (path / "config.json").is_file():
@@ -490,7 +475,7 @@ def export(source, to: str, out, classes: Optional[list] = None) -> Path:
     """Export a run directory or checkpoint (`load_source`) to "hf" or "timm" in folder `out`.
     `classes` overrides the class names found with the source."""
     if to not in TARGETS:
-        raise ValueError(f"to={to!r}; expected one of {TARGETS}")
+        raise TinyvitError(f"to={to!r}; expected one of {TARGETS}")
     model, found = load_source(source)
     writer = export_hf if to == "hf" else export_timm
     return writer(model, out, classes if classes is not None else found)
@@ -507,7 +492,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = export(a.source, a.to, a.out)
-    except (ExportError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except TinyvitError as e:  # the user's mistake; anything else is a bug and keeps its traceback
         raise SystemExit(f"tinyvit.export: error: {e}") from None
     for w in caught:
         print(f"tinyvit.export: warning: {w.message}", file=sys.stderr)

@@ -72,20 +72,13 @@ from pathlib import Path
 import torch
 
 from tinyvit import data, freeze, recipe, rundir
-from tinyvit.convert import check_config_fits
-from tinyvit.evaluate import AMP_CHOICES
+from tinyvit.checkpoint import read_run_state
+from tinyvit.device import AMP_CHOICES
+from tinyvit.errors import TinyvitError
 from tinyvit.presets import PRESETS
 from tinyvit.processes import StopRequest, init_distributed
 from tinyvit.report import format_table, speedup_line
-from tinyvit.trainer import LR_DEFAULTS, Config, NonFiniteLoss, Trainer, load_checkpoint
-
-# What this module defined before the trainer, schedule, processes and report moved out of it:
-# still importable from here (finetune.Trainer, finetune.lr_factor, ...).
-from tinyvit.presets import parse_overrides  # noqa: F401
-from tinyvit.processes import Dist, start_workers  # noqa: F401
-from tinyvit.rundir import CHECKPOINT_FORMAT  # noqa: F401
-from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch  # noqa: F401
-from tinyvit.trainer import load_model  # noqa: F401
+from tinyvit.trainer import LR_DEFAULTS, Config, NonFiniteLoss, Trainer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +192,6 @@ def parse_args(argv=None) -> tuple[Config, set]:
 
 OUTPUTS = (rundir.MANIFEST, "metrics.jsonl", "checkpoint.pt", "model.safetensors", "config.json", "classes.json",
            "summary.json", "curves.png", "confusion.png")
-CACHE_DIR = rundir.CACHE_DIR
 
 
 def check_out_dir(out: Path, cfg: Config) -> None:
@@ -230,9 +222,9 @@ def check_memory(cfg: Config) -> None:
     else:
         values = 64 * (size // 2) ** 2  # the stem's output for one image
     if isinstance(values, int) and 4 * values > total_ram():
-        raise ValueError(f"--image-size {size}: too large for this machine's memory ({4 * values / 2**30:,.0f} GiB for "
-                         f"{'the position embedding' if preset['arch'] == 'vit' else 'one image'} alone, "
-                         f"{total_ram() / 2**30:,.0f} GiB of RAM); use a smaller --image-size")
+        raise TinyvitError(f"--image-size {size}: too large for this machine's memory ({4 * values / 2**30:,.0f} GiB for "
+                           f"{'the position embedding' if preset['arch'] == 'vit' else 'one image'} alone, "
+                           f"{total_ram() / 2**30:,.0f} GiB of RAM); use a smaller --image-size")
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -259,7 +251,7 @@ def resumed_config(cfg: Config, given: set, stored: dict) -> Config:
         for k in sorted(given - RUNTIME_FIELDS) if getattr(cfg, k) != getattr(run, k)
     ]
     if changed:
-        raise ValueError("--resume continues a run as it was configured; these flags differ: " + "; ".join(changed))
+        raise TinyvitError("--resume continues a run as it was configured; these flags differ: " + "; ".join(changed))
     now = {k: getattr(cfg, k) for k in given & RUNTIME_FIELDS}
     # The folder this command opened and locked, never the one checkpoint.pt names: a run copied
     # or edited elsewhere would otherwise put its feature cache into that recorded path.
@@ -283,9 +275,6 @@ def report(trainer: Trainer, summary: dict) -> None:
                 f"summary.json, curves.png, confusion.png, checkpoint.pt")
 
 
-SETUP_ERRORS = (ValueError, OSError, RuntimeError)  # OSError: missing files and folders; RuntimeError: downloads, state dicts
-
-
 def main(argv=None) -> int:
     cfg, given = parse_args(argv)
     out = cfg.out_dir()
@@ -299,12 +288,7 @@ def main(argv=None) -> int:
         check_memory(cfg)
         resume_state = None
         if cfg.resume:
-            rundir.verify(out / "checkpoint.pt")  # the bytes the run wrote, or a clear refusal
-            resume_state = load_checkpoint(out / "checkpoint.pt")
-            # Its model config against its weights before the model is built (a crafted depth of 10**6
-            # would otherwise allocate until memory runs out).
-            check_config_fits(resume_state.get("arch"), resume_state.get("model_config") or {},
-                              resume_state.get("model") or {}, out / "checkpoint.pt")
+            resume_state = read_run_state(out / "checkpoint.pt")
             cfg = resumed_config(cfg, given, resume_state["config"])
         dist, device = init_distributed(cfg.device)
         trainer = Trainer(cfg, dist, device, resume_state)
@@ -319,7 +303,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"tinyvit.finetune: error: {data.error_message(e)}") from None
         if is_out_of_memory(e):
             raise SystemExit(f"tinyvit.finetune: error: {out_of_memory_message(e, cfg, 'while setting up the run')}") from None
-        if isinstance(e, SETUP_ERRORS):
+        if isinstance(e, TinyvitError):  # the user's mistake; anything else is a bug and keeps its traceback
             raise SystemExit(f"tinyvit.finetune: error: {e}") from None
         raise
 
@@ -361,7 +345,7 @@ def main(argv=None) -> int:
                     e, cfg, f"in epoch {trainer.step // trainer.steps_per_epoch + 1}")) from None
             finally:
                 if dist.main:
-                    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+                    shutil.rmtree(out / rundir.CACHE_DIR, ignore_errors=True)
             if dist.main and trainer.history:
                 report(trainer, trainer.finish())
         if dist.world > 1:

@@ -40,6 +40,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from tinyvit.errors import TinyvitError
 from tinyvit.fdvit import FDViT
 from tinyvit.resnet import ResNet
 from tinyvit.vit import VisionTransformer
@@ -52,7 +53,7 @@ def parse_mode(text: Union[str, int]) -> Union[str, int]:
     if isinstance(text, int) or str(text).isdigit():
         return int(text)
     if text not in MODES:
-        raise ValueError(f"unfreeze mode {text!r}; expected one of {', '.join(MODES)} or a number of final blocks")
+        raise TinyvitError(f"unfreeze mode {text!r}; expected one of {', '.join(MODES)} or a number of final blocks")
     return text
 
 
@@ -219,7 +220,7 @@ def apply(model: nn.Module, mode: Union[str, int]) -> Split:
     n = {"head": 0, "last": 1}.get(mode, mode)
     kind = "blocks" if isinstance(model, VisionTransformer) else "stages"
     if n > len(units):
-        raise ValueError(f"--unfreeze {n}: the model has only {len(units)} {kind} (use 'all' to train everything)")
+        raise TinyvitError(f"--unfreeze {n}: the model has only {len(units)} {kind} (use 'all' to train everything)")
     k = len(units) - n
     model.requires_grad_(False)
     for unit in units[k:]:

@@ -8,8 +8,8 @@ vision_transformer.py and deit.py, and torchvision's weight enums in models/resn
 - a Hugging Face hub id (timm's copies of the Google AugReg weights): `huggingface_hub.hf_hub_download`
   caches under the HF cache and verifies the download against the hub's sha256.
 
-`create_model(name, pretrained=True)`, tinyvit's public way to build a preset, lives here because it
-is the one call that may fetch: without weights it builds the preset (tinyvit/presets.py); with
+`create_model(name, pretrained=True)` is tinyvit's public way to build a preset, and the one call
+that may fetch: without weights it builds the preset (tinyvit/presets.py); with
 them `pretrained_model` loads the file with the preset's preprocessing through
 `tinyvit.convert.load_pretrained`. Nothing here runs at import.
 """
@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 from torch import nn
 
+from tinyvit.errors import TinyvitError
 from tinyvit.presets import preset, preset_model
 from tinyvit.rundir import sha256_file
 
@@ -75,7 +76,7 @@ def hash_prefix(url: str) -> str:
     return m.group(1)
 
 
-class DownloadError(RuntimeError):
+class DownloadError(TinyvitError, RuntimeError):
     """Official weights that could not be fetched; the message says how to get them by hand."""
 
 
@@ -125,7 +126,7 @@ def fetch_hf(name: str, repo_id: str, filename: str = HF_FILENAME) -> Path:
 def fetch(name: str) -> Path:
     """The local path of a preset's official weights, downloading them on first use."""
     if name not in HUB:
-        raise ValueError(f"no official weights for {name!r}; presets with weights: {', '.join(HUB)}")
+        raise TinyvitError(f"no official weights for {name!r}; presets with weights: {', '.join(HUB)}")
     entry = HUB[name]
     if "url" in entry:
         return fetch_url(name, entry["url"])

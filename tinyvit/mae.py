@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from tinyvit.errors import TinyvitError
 from tinyvit.vit import Block, LayerNorm, ViTConfig, VisionTransformer
 
 # The file that marks a run directory of tinyvit.pretrain: its model is an encoder to fine-tune.
@@ -64,7 +65,7 @@ def mae_sincos_2d(grid_size: int, dim: int) -> torch.Tensor:
     its meshgrid puts w first.) Computed in float64, returned as float32 (MAE: float32 numpy).
     """
     if dim % 4:
-        raise ValueError(f"MAE's 2-D sin-cos table needs a width divisible by 4, got {dim}")
+        raise TinyvitError(f"MAE's 2-D sin-cos table needs a width divisible by 4, got {dim}")
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # [d/4]
     y, x = torch.meshgrid(torch.arange(grid_size, dtype=torch.float64),
@@ -159,7 +160,7 @@ class MaskedAutoencoder(nn.Module):
             problems.append(f"mask_ratio={mask_ratio}: of {cfg.grid_size**2} patches {keep} would stay visible; "
                             f"at least one must be visible and one hidden")
         if problems:
-            raise ValueError("MAE: " + "; ".join(problems))
+            raise TinyvitError("MAE: " + "; ".join(problems))
         self.encoder, self.mask_ratio, self.norm_pix_loss = encoder, mask_ratio, norm_pix_loss
         self.patch_size, self.in_channels = cfg.patch_size, cfg.in_channels
         prefix = encoder.num_prefix_tokens
@@ -169,8 +170,8 @@ class MaskedAutoencoder(nn.Module):
                             mlp_dim=4 * decoder_dim, norm_eps=cfg.norm_eps, act=cfg.act, kernels=cfg.kernels,
                             pos_embed="sincos", class_token=cfg.class_token, pool="cls" if cfg.class_token else "mean")
         except ValueError as e:
-            raise ValueError(f"MAE decoder (decoder_dim={decoder_dim}, decoder_depth={decoder_depth}, "
-                             f"decoder_heads={decoder_heads}): {e}") from None
+            raise TinyvitError(f"MAE decoder (decoder_dim={decoder_dim}, decoder_depth={decoder_depth}, "
+                               f"decoder_heads={decoder_heads}): {e}") from None
         self.decoder_cfg = dec
         self.decoder_embed = nn.Linear(cfg.dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -297,7 +298,7 @@ def param_groups_lrd(model: VisionTransformer, weight_decay: float, layer_decay:
     The caller multiplies each group's learning rate by its lr_scale.
     """
     if not 0 < layer_decay <= 1:
-        raise ValueError(f"--layer-decay {layer_decay}: expected a factor in (0, 1] (MAE: 0.65 for ViT-B, 0.75 for ViT-L)")
+        raise TinyvitError(f"--layer-decay {layer_decay}: expected a factor in (0, 1] (MAE: 0.65 for ViT-B, 0.75 for ViT-L)")
     skip = set(model.no_weight_decay())
     num_layers = len(model.blocks) + 1
     scales = layer_scales(len(model.blocks), layer_decay)
@@ -333,8 +334,8 @@ def finetune_model(encoder: VisionTransformer, num_classes: int, wanted: dict, c
     differ = [f"{k}: pretrained {cfg.get(k)!r}, asked {wanted[k]!r}" for k in ARCHITECTURE
               if k in wanted and wanted[k] != cfg.get(k)]
     if differ:
-        raise ValueError("the pretrained encoder does not have the architecture asked for (--model, --override): "
-                         + "; ".join(differ))
+        raise TinyvitError("the pretrained encoder does not have the architecture asked for (--model, --override): "
+                           + "; ".join(differ))
     changes = dict(changes)
     if "pool" not in changes and "fc_norm" not in changes:
         changes.update(pool="mean", fc_norm=True)  # MAE's global_pool=True
@@ -346,7 +347,7 @@ def finetune_model(encoder: VisionTransformer, num_classes: int, wanted: dict, c
     missing, unexpected = model.load_state_dict(state, strict=False)
     fresh = ("head.", "head_dist.", "fc_norm.")
     if unexpected or any(not k.startswith(fresh) for k in missing):
-        raise ValueError(f"the pretrained encoder does not fit: missing {missing}, unexpected {unexpected}")
+        raise TinyvitError(f"the pretrained encoder does not fit: missing {missing}, unexpected {unexpected}")
     if isinstance(model.head, nn.Linear):
         nn.init.trunc_normal_(model.head.weight, std=2e-5)
         nn.init.zeros_(model.head.bias)

@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
+from tinyvit.errors import MissingFileError, TinyvitError
+
 
 @dataclass
 class PredictConfig:
@@ -50,12 +52,12 @@ def image_files(paths: list) -> list[Path]:
             found = sorted(p for p in path.iterdir()
                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
             if not found:
-                raise FileNotFoundError(f"{path}: a directory without image files ({'/'.join(IMAGE_EXTENSIONS)})")
+                raise MissingFileError(f"{path}: a directory without image files ({'/'.join(IMAGE_EXTENSIONS)})")
             files += found
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such image file or directory")
+            raise MissingFileError(f"{path}: no such image file or directory")
     return files
 
 
@@ -93,26 +95,26 @@ def predict(model, images: list, classes: Optional[list], top_k: int, device: to
 def main(argv=None) -> int:
     from tinyvit.convert import load_pretrained
     from tinyvit.data import DatasetError
-    from tinyvit.evaluate import resolve_device
+    from tinyvit.device import resolve_device
     from tinyvit.rundir import read_classes
 
     cfg = parse_args(argv)
     try:
         if cfg.top_k < 1:
-            raise ValueError(f"--top-k {cfg.top_k}: must be at least 1")
+            raise TinyvitError(f"--top-k {cfg.top_k}: must be at least 1")
         images = image_files(cfg.images)
         model_dir = Path(cfg.model_dir)
         if not model_dir.exists():
-            raise FileNotFoundError(f"--model-dir {model_dir}: no such file or directory")
+            raise MissingFileError(f"--model-dir {model_dir}: no such file or directory")
         device = resolve_device(cfg.device)
         model = load_pretrained(model_dir).to(device).eval()
         if model.preprocess is None:
-            raise ValueError(f"{model_dir}: the checkpoint carries no preprocessing (mean/std, resolution)")
+            raise TinyvitError(f"{model_dir}: the checkpoint carries no preprocessing (mean/std, resolution)")
         if model.cfg.num_classes == 0:
-            raise ValueError(f"{model_dir}: the model has no classification head")
+            raise TinyvitError(f"{model_dir}: the model has no classification head")
         classes = read_classes(model_dir) if model_dir.is_dir() else None
         if classes is not None and len(classes) != model.cfg.num_classes:
-            raise ValueError(f"{model_dir}/classes.json lists {len(classes)} classes but the model has {model.cfg.num_classes} outputs")
+            raise TinyvitError(f"{model_dir}/classes.json lists {len(classes)} classes but the model has {model.cfg.num_classes} outputs")
         skipped = []
         results = predict(model, images, classes, cfg.top_k, device, on_error=skipped.append)
         if not results:
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
                 f"none of the {len(skipped)} images could be read; the first: {skipped[0]}")
         for e in skipped:
             print(f"warning: {e}; skipped", file=sys.stderr, flush=True)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
+    except TinyvitError as e:  # the user's mistake; anything else is a bug and keeps its traceback
         raise SystemExit(f"tinyvit.predict: error: {e}") from None
 
     if classes is None:

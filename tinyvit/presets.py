@@ -14,6 +14,7 @@ from dataclasses import fields
 
 from torch import nn
 
+from tinyvit.errors import TinyvitError
 from tinyvit.fdvit import FDViT, FDViTConfig
 from tinyvit.preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from tinyvit.resnet import ResNet, ResNetConfig
@@ -76,8 +77,12 @@ MODELS = {"vit": VisionTransformer, "resnet": ResNet, "fdvit": FDViT}
 def build_model(arch: str, config: dict, preprocess: Preprocess | None = None) -> nn.Module:
     """Build a bare model from its architecture name ('vit', 'resnet' or 'fdvit') and config dict."""
     if arch not in MODELS:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(MODELS)}")
-    model = MODELS[arch](CONFIGS[arch](**config))
+        raise TinyvitError(f"unknown architecture {arch!r}; expected one of {', '.join(MODELS)}")
+    try:
+        config = CONFIGS[arch](**config)
+    except ValueError as e:  # a field out of range, from an --override or a config.json: the user's to fix
+        raise TinyvitError(str(e)) from e
+    model = MODELS[arch](config)
     model.preprocess = preprocess
     return model
 
@@ -85,7 +90,7 @@ def build_model(arch: str, config: dict, preprocess: Preprocess | None = None) -
 def preset(name: str) -> dict:
     """PRESETS[name], or an error that lists the names."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise TinyvitError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
@@ -114,7 +119,7 @@ def parse_overrides(items: list, model: str) -> dict:
     for part in (p for item in items for p in re.split(r",(?=\s*\w+=)", item) if p):
         key, sep, value = part.partition("=")
         if not sep or key.strip() not in allowed:
-            raise ValueError(f"--override {part!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(allowed))}")
+            raise TinyvitError(f"--override {part!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(allowed))}")
         try:
             out[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
@@ -140,4 +145,4 @@ def _check_override_type(cls, key: str, value) -> None:
         return
     names = {int: "an integer", float: "a number", bool: "True or False", str: "a string", tuple: "a list, e.g. [2,2,2,2]"}
     expected = " or ".join(names.get(k, k.__name__) for k in kinds) + (" or None" if optional else "")
-    raise ValueError(f"--override {key}={value!r}: {cls.__name__}.{key} expects {expected}, got {type(value).__name__}")
+    raise TinyvitError(f"--override {key}={value!r}: {cls.__name__}.{key} expects {expected}, got {type(value).__name__}")

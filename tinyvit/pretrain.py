@@ -50,8 +50,9 @@ from typing import Optional
 import torch
 
 from tinyvit import data, rundir
-from tinyvit.checkpoint import save_pretrained
-from tinyvit.evaluate import AMP_CHOICES, amp_dtype, autocast, resolve_device
+from tinyvit.checkpoint import read_run_state, save_pretrained
+from tinyvit.device import AMP_CHOICES, amp_dtype, autocast, resolve_device
+from tinyvit.errors import TinyvitError
 from tinyvit.hub import create_model
 from tinyvit.mae import PRETRAIN_FILE, MaskedAutoencoder, pretrain_param_groups
 from tinyvit.presets import PRESETS, build_model, parse_overrides
@@ -63,7 +64,6 @@ METHODS = ("mae",)
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "tinyvit.pretrain", 1
 FIGURE_IMAGES = 8
 SYNC_EVERY = 20
-
 
 
 class Interrupted(Exception):
@@ -163,19 +163,10 @@ def resumed_config(cfg: PretrainConfig, given: set, stored: dict) -> PretrainCon
     changed = [f"--{k.replace('_', '-')} {getattr(cfg, k)!r} (the run has {getattr(run, k)!r})"
                for k in sorted(given - RUNTIME_FIELDS) if getattr(cfg, k) != getattr(run, k)]
     if changed:
-        raise ValueError("--resume continues a run as it was configured; these flags differ: " + "; ".join(changed))
+        raise TinyvitError("--resume continues a run as it was configured; these flags differ: " + "; ".join(changed))
     now = {k: getattr(cfg, k) for k in given & RUNTIME_FIELDS - {"resume", "force"}}
     return replace(run, **now, resume=True, force=False)
 
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: not a tinyvit.pretrain checkpoint (version {CHECKPOINT_VERSION})")
-    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,9 +182,9 @@ class Pretrainer:
         self.dtype = amp_dtype(cfg.amp, device)
         for name in ("epochs", "batch_size", "decoder_dim", "decoder_depth", "decoder_heads"):
             if getattr(cfg, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
+                raise TinyvitError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
         if not (math.isfinite(cfg.resolved_lr()) and cfg.resolved_lr() > 0):
-            raise ValueError(f"--lr / --blr give a learning rate of {cfg.resolved_lr()}; expected a positive number")
+            raise TinyvitError(f"--lr / --blr give a learning rate of {cfg.resolved_lr()}; expected a positive number")
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         splits = data.load_splits(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None,
@@ -238,7 +229,7 @@ class Pretrainer:
             self.epoch, self.batches_done, self.partial = state["epoch"], state["batches_done"], state["partial"]
             self.history, self.rng_state = list(state["history"]), state["rng"]
             if self.epoch >= cfg.epochs:
-                raise ValueError(f"--epochs {cfg.epochs}: the run already has {self.epoch} epochs")
+                raise TinyvitError(f"--epochs {cfg.epochs}: the run already has {self.epoch} epochs")
         n = min(FIGURE_IMAGES, len(self.train))  # the same images and masks in every epoch's figure
         self.figure_images = torch.stack([self.eval_tf(self.train[i][0]) for i in range(n)])
 
@@ -292,7 +283,7 @@ class Pretrainer:
                 self.batches_done = b + 1
                 if (b + 1) % SYNC_EVERY == 0 or b + 1 == self.steps_per_epoch or stop.requested:
                     if not torch.isfinite(loss_sum).item():
-                        raise ValueError(f"the MAE loss became NaN/Inf in epoch {epoch}; try a lower --blr (lr now {self.lr:g})")
+                        raise TinyvitError(f"the MAE loss became NaN/Inf in epoch {epoch}; try a lower --blr (lr now {self.lr:g})")
                     if stop.requested:
                         raise Interrupted(epoch, b + 1, {"loss_sum": loss_sum.item(), "count": count,
                                                          "seconds": seconds + time.perf_counter() - t0})
@@ -379,13 +370,12 @@ def main(argv=None) -> int:
     run = None
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("tinyvit.pretrain runs in one process; start it without torchrun")
+            raise TinyvitError("tinyvit.pretrain runs in one process; start it without torchrun")
         run = rundir.RunDir.open(out)
         rundir.check(out, resume=cfg.resume, force=cfg.force)
         state = None
         if cfg.resume:
-            rundir.verify(out / "checkpoint.pt")
-            state = load_checkpoint(out / "checkpoint.pt")
+            state = read_run_state(out / "checkpoint.pt", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
             cfg = resumed_config(cfg, given, state["config"])
         trainer = Pretrainer(cfg, resolve_device(cfg.device), state)
         fingerprints = {"train": rundir.fingerprint(trainer.train)}  # the only split a pretraining run reads
@@ -396,7 +386,7 @@ def main(argv=None) -> int:
             run.abandon()
         if isinstance(e, data.DatasetError):
             raise SystemExit(f"tinyvit.pretrain: error: {data.error_message(e)}") from None
-        if isinstance(e, (ValueError, OSError, RuntimeError)):
+        if isinstance(e, TinyvitError):  # the user's mistake; anything else is a bug and keeps its traceback
             raise SystemExit(f"tinyvit.pretrain: error: {e}") from None
         raise
     try:
@@ -419,7 +409,7 @@ def main(argv=None) -> int:
             except KeyboardInterrupt:
                 trainer.log("interrupted twice: quitting without saving")
                 return 130
-            except ValueError as e:  # a NaN loss
+            except TinyvitError as e:  # a NaN loss
                 raise SystemExit(f"tinyvit.pretrain: error: {e}") from None
             summary = trainer.finish()
         trainer.log(f"final loss {summary['final_loss']:.4f} after {summary['steps']} steps; wrote {out}/: "

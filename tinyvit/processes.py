@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from tinyvit.evaluate import resolve_device
+from tinyvit.device import resolve_device
 
 
 @dataclass
@@ -94,7 +94,7 @@ def start_workers(loader: torch.utils.data.DataLoader):
 
     Ctrl-C, `timeout`, Slurm and Kubernetes signal the whole process group. PyTorch's workers die
     of a SIGTERM that does not come from their parent, and the main process then fails with
-    "DataLoader worker ... killed by signal" before it can save (issue 11). So workers ignore both
+    "DataLoader worker ... killed by signal" before it can save. So workers ignore both
     signals, and while they start (fork) the signals are held back: one that arrives meanwhile
     waits in the main process, and in a worker is dropped when `_ignore_stop_signals` runs.
     """

@@ -45,6 +45,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from tinyvit.errors import TinyvitError
+
 RECIPES = ("none", "scratch")
 
 # The `scratch` bundle: DeiT's regularisers (above), plus what training from scratch needs. lr 1e-3
@@ -111,9 +113,9 @@ class Recipe:
     def from_config(cls, cfg) -> "Recipe":
         recipe = cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
         if recipe.randaugment and recipe.trivialaugment:
-            raise ValueError("--randaugment and --trivialaugment: choose one policy")
+            raise TinyvitError("--randaugment and --trivialaugment: choose one policy")
         if not cfg.augment and (recipe.augments_images or recipe.mixes):
-            raise ValueError("--no-augment contradicts --randaugment/--trivialaugment/--random-erasing/--mixup/--cutmix")
+            raise TinyvitError("--no-augment contradicts --randaugment/--trivialaugment/--random-erasing/--mixup/--cutmix")
         return recipe
 
     @property

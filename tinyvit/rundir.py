@@ -26,7 +26,7 @@ what makes those safe. Its guarantees, in the order a run meets them:
    `tinyvit.evaluate --model-dir`, `tinyvit.predict --model-dir` and `tinyvit.load_pretrained`
    (a run directory, or a file in one) check the files they read (`verify`) and name the file on
    a mismatch: a flipped bit in checkpoint.pt or model.safetensors is refused, not trained on.
-   A directory with no manifest (`tinyvit.save_pretrained`, a Hugging Face download) loads as before.
+   A directory with no manifest (`tinyvit.save_pretrained`, a Hugging Face download) is read unchecked.
 4. Every write is atomic and survives `kill -9` at any instant. A file is written in full into
    a private `.tinyvit-tmp-*` folder beside its target, fsynced, hashed, recorded in the manifest,
    then renamed over the target in one step. A write refused for space (a full disk, a quota) is
@@ -50,8 +50,9 @@ the first of these that applies is used:
 
 and otherwise None: the run says it cannot tell whether the data changed, and goes on.
 
-Two names of a run's files live here too, so that readers below the training layer can use them:
-`read_classes` (classes.json, verified) and `CHECKPOINT_FORMAT` (what checkpoint.pt says it is).
+The readers of a run's small files, each verified, are here too, so that every layer above can use
+them: `read_classes` (classes.json) and `read_metrics` (metrics.jsonl); and `CHECKPOINT_FORMAT`, what
+checkpoint.pt says it is (tinyvit/checkpoint.py `read_run_state` reads it).
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Optional
 
 from tinyvit.atomic import write_atomic
+from tinyvit.errors import MissingFileError, TinyvitError
 
 MANIFEST = "tinyvit-run.json"
 LOCK = ".tinyvit-run.lock"
@@ -79,7 +81,7 @@ STAGING = ".tinyvit-tmp-"  # prefix of the folders files are written in before t
 FORMAT, VERSION = "tinyvit-run", 1
 
 
-class RunDirError(ValueError):
+class RunDirError(TinyvitError):
     """A run directory that cannot be used as asked: in use, not writable, not a run, changed data."""
 
 
@@ -87,7 +89,7 @@ class WriteError(RunDirError):
     """A file the run could not write (a full disk, a quota): its previous version is kept."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(TinyvitError):
     """A file of a run whose bytes are not the ones the run wrote; the message names the file."""
 
 
@@ -560,6 +562,33 @@ def fingerprints(train, val) -> dict:
     return {"train": fingerprint(train), "val": fingerprint(val)}
 
 
+def read_metrics(run_dir) -> list[dict]:
+    """metrics.jsonl of a tinyvit.finetune run: one dict per epoch, the last with the columns every
+    reader needs."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no metrics.jsonl; is {run_dir} the --out of a tinyvit.finetune run?")
+    verify(path)  # in a run directory: the epochs the run wrote
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TinyvitError(f"{path}: not readable ({e})") from None
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise TinyvitError(f"{path}, line {i}: not valid JSON ({e})") from e
+    if not rows:
+        raise TinyvitError(f"{path} holds no epochs yet")
+    missing = {"epoch", "val_acc", "val_loss", "train_acc", "seconds"} - set(rows[-1])
+    if missing:
+        raise TinyvitError(f"{path}: the last epoch lacks {sorted(missing)}")
+    return rows
+
+
 def read_classes(model_dir: Path) -> list[str] | None:
     """classes.json beside a fine-tuned model (written by tinyvit.finetune), or None."""
     path = Path(model_dir) / "classes.json"
@@ -569,7 +598,7 @@ def read_classes(model_dir: Path) -> list[str] | None:
     try:
         classes = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a JSON list of class names ({e})") from e
+        raise TinyvitError(f"{path}: not a JSON list of class names ({e})") from e
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"{path}: expected a JSON list of class names")
+        raise TinyvitError(f"{path}: expected a JSON list of class names")
     return classes

@@ -19,11 +19,11 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def epoch_batches(n: int, batch: int, dist: Dist, seed: int, epoch: int, shuffle: bool = True,
-                  merge_single: bool = False) -> list[list[int]]:
+                  join_lone_last: bool = False) -> list[list[int]]:
     """This process's batches of item indices for one epoch: the DistributedSampler order (a seeded
     permutation per epoch, process r taking every world-th item), cut into batches. The same
     function with world = 1 serves a single process, so both see the same global order.
-    merge_single: a last training batch of one image joins the one before."""
+    join_lone_last: a last training batch of one image joins the one before."""
     from torch.utils.data import DistributedSampler
 
     if shuffle:
@@ -33,7 +33,7 @@ def epoch_batches(n: int, batch: int, dist: Dist, seed: int, epoch: int, shuffle
     else:  # validation: a plain shard, no padding with repeated items
         order = list(range(dist.rank, n, dist.world))
     batches = [order[i:i + batch] for i in range(0, len(order), batch)]
-    if merge_single and shuffle and len(batches) > 1 and len(batches[-1]) == 1:
+    if join_lone_last and shuffle and len(batches) > 1 and len(batches[-1]) == 1:
         # BatchNorm in training mode cannot normalise one image when the feature map is 1x1 (a
         # ResNet's layer4 at 32 px): "Expected more than 1 value per channel". Every process has
         # the same count (the sampler pads), so all of them merge, or none.
@@ -42,8 +42,8 @@ def epoch_batches(n: int, batch: int, dist: Dist, seed: int, epoch: int, shuffle
     return batches
 
 
-def steps_per_epoch(n: int, batch: int, world: int, merge_single: bool = False) -> int:
+def steps_per_epoch(n: int, batch: int, world: int, join_lone_last: bool = False) -> int:
     """len(epoch_batches(...)) for training, without drawing the permutation."""
     per_process = math.ceil(n / world)
     steps = math.ceil(per_process / batch)
-    return steps - 1 if merge_single and steps > 1 and per_process % batch == 1 else steps
+    return steps - 1 if join_lone_last and steps > 1 and per_process % batch == 1 else steps

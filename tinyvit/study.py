@@ -71,13 +71,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 from tinyvit.atomic import open_append, write_atomic
+from tinyvit.errors import TinyvitError
 
 
-class StudyError(ValueError):
+class StudyError(TinyvitError):
     """A study folder, or a grid, the study refuses; one line."""
 
 
@@ -103,7 +105,7 @@ def check_owned(flags: list, where: str) -> None:
     owned = {o[2:].replace("-", "_") for o in OWNED}
     names = spelled or sorted(f"--{k.replace('_', '-')}" for k in given & owned)
     if names:
-        raise ValueError(f"{where}: {', '.join(names)}: the study sets these for each run (use --models, --out, "
+        raise StudyError(f"{where}: {', '.join(names)}: the study sets these for each run (use --models, --out, "
                          f"--seeds, --train-sizes, --data-seed)")
 
 
@@ -121,7 +123,7 @@ def parse_model(text: str) -> ModelSpec:
     if not eq:
         label, preset = head, head
     if not re.fullmatch(r"[\w.-]+", label):
-        raise ValueError(f"--models {text!r}: the label {label!r} may hold letters, digits, '.', '_' and '-' only")
+        raise StudyError(f"--models {text!r}: the label {label!r} may hold letters, digits, '.', '_' and '-' only")
     return ModelSpec(label, preset, tuple(shlex.split(rest)))
 
 
@@ -145,9 +147,9 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not key.strip() or not split_values(values):
-            raise ValueError(f"--override {item!r}: expected KEY=V1,V2,... (e.g. patch_size=2,4)")
+            raise StudyError(f"--override {item!r}: expected KEY=V1,V2,... (e.g. patch_size=2,4)")
         if key.strip() in grid:
-            raise ValueError(f"--override {key.strip()} appears twice")
+            raise StudyError(f"--override {key.strip()} appears twice")
         grid[key.strip()] = split_values(values)
     return grid
 
@@ -157,12 +159,12 @@ def parse_size(text: str, full: int) -> int:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"--train-sizes {text!r}: expected a fraction (0.25) or a count (200)") from None
+        raise StudyError(f"--train-sizes {text!r}: expected a fraction (0.25) or a count (200)") from None
     if not math.isfinite(value):
-        raise ValueError(f"--train-sizes {text}: expected a fraction in (0, 1] or a count from 1 to {full:,}")
+        raise StudyError(f"--train-sizes {text}: expected a fraction in (0, 1] or a count from 1 to {full:,}")
     n = round(value * full) if ("." in text or "e" in text.lower()) and value <= 1 else int(value)
     if not 1 <= n <= full or (value != int(value) and value > 1):
-        raise ValueError(f"--train-sizes {text}: the training split has {full:,} images; expected a fraction "
+        raise StudyError(f"--train-sizes {text}: the training split has {full:,} images; expected a fraction "
                          f"in (0, 1] or a count from 1 to {full:,}")
     return n
 
@@ -255,7 +257,7 @@ def plan_pretraining(models, specs: dict, checked: dict, seeds, data_seed: int, 
             try:
                 pcfg, _ = pretrain.parse_args(argv)
             except SystemExit:
-                raise ValueError(f"--pretrain {m.label}: tinyvit.pretrain rejected its flags (above)") from None
+                raise StudyError(f"--pretrain {m.label}: tinyvit.pretrain rejected its flags (above)") from None
             plans[(m.label, seed)] = PretrainRun(m.label, seed, folder, pcfg.epochs, argv)
     return plans
 
@@ -268,7 +270,7 @@ def execute_pretraining(plans: list, log) -> int:
         if (p.out / "summary.json").is_file():
             continue
         fake = Run(ModelSpec(p.label, ""), 0, {}, p.seed, p.out, epochs=p.epochs)
-        argv = p.argv + (["--resume"] if state(fake) == "resume" else ["--force"])
+        argv = p.argv + (["--resume"] if run_state(fake, pretrain.CHECKPOINT_FORMAT) is RunState.RESUMABLE else ["--force"])
         path = p.out.parent / "logs" / f"{p.out.name}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -287,54 +289,66 @@ def execute_pretraining(plans: list, log) -> int:
     return 0
 
 
-def state(run: Run) -> str:
+class RunState(Enum):
+    """What a run's folder holds, and so what the study does with it."""
+    DONE = "done"  # summary.json: finished, read as it is
+    RESUMABLE = "resumable"  # a checkpoint.pt short of its epochs: continued with --resume
+    TO_START = "to start"  # nothing, or a run stopped while writing its summary: started over with --force
+
+
+def run_state(run: Run, kind: Optional[str] = None) -> RunState:
+    """`kind`: the format of the run's checkpoint.pt (default: tinyvit.finetune's)."""
     if (run.out / "summary.json").is_file():
-        return "done"
-    if (run.out / "checkpoint.pt").is_file():
-        return "resume" if _checkpoint_epoch(run) < run.epochs else "new"  # stopped while writing its summary
-    return "new"
+        return RunState.DONE
+    if (run.out / "checkpoint.pt").is_file() and _checkpoint_epoch(run, kind) < run.epochs:
+        return RunState.RESUMABLE
+    return RunState.TO_START
 
 
-def _checkpoint_epoch(run: Run) -> float:
-    """How far an interrupted run got (epochs, fractional mid-epoch); 0 for an unreadable checkpoint."""
-    import torch
+def _checkpoint_epoch(run: Run, kind: Optional[str]) -> float:
+    """How far an interrupted run got (epochs, fractional mid-epoch); 0 for an unreadable checkpoint.
+    Its checksum is left to `recorded_config`, which reads what the resume will use."""
+    from tinyvit import rundir
+    from tinyvit.checkpoint import read_run_state
 
     try:
-        ckpt = torch.load(run.out / "checkpoint.pt", map_location="cpu", weights_only=True)
+        ckpt = read_run_state(run.out / "checkpoint.pt", kind or rundir.CHECKPOINT_FORMAT, version=None, verify=False)
         return ckpt["epoch"] + (0.5 if ckpt["batches_done"] else 0.0)
-    except Exception:
+    except (TinyvitError, KeyError, TypeError):
         return 0.0
 
 
-def read_run_json(run: Run, name: str, lines: bool = False):
-    """summary.json or metrics.jsonl of a run, checked against the run's manifest first: an edited
-    accuracy must not reach results.csv (tinyvit/rundir.py: what is read is what was written)."""
+def read_run_file(run: Run, name: str):
+    """summary.json (a dict) or metrics.jsonl (one dict per epoch) of a run, checked against the
+    run's manifest first: an edited accuracy must not reach results.csv (tinyvit/rundir.py: what is
+    read is what was written)."""
     from tinyvit import rundir
 
     path = run.out / name
     try:
+        if name == "metrics.jsonl":
+            return rundir.read_metrics(run.out)
         rundir.verify(path)
-        text = path.read_text()
-        return [json.loads(l) for l in text.splitlines() if l.strip()] if lines else json.loads(text)
+        return json.loads(path.read_text())
     except (rundir.ChecksumError, rundir.RunDirError) as e:
         raise StudyError(f"{e}; the study reports only what its runs wrote") from None
+    except TinyvitError as e:
+        raise StudyError(str(e)) from None
     except (OSError, ValueError) as e:
         raise StudyError(f"{path}: not readable ({e})") from None
 
 
 def recorded_config(run: Run) -> Optional[dict]:
     """The config a finished (summary.json) or interrupted (checkpoint.pt) run was made with."""
-    st = state(run)
-    if st == "done":
-        return read_run_json(run, "summary.json").get("config")
-    if st == "resume":
-        from tinyvit import rundir
-        from tinyvit.trainer import load_checkpoint
+    st = run_state(run)
+    if st is RunState.DONE:
+        return read_run_file(run, "summary.json").get("config")
+    if st is RunState.RESUMABLE:
+        from tinyvit.checkpoint import read_run_state
 
         try:
-            rundir.verify(run.out / "checkpoint.pt")
-            return load_checkpoint(run.out / "checkpoint.pt")["config"]
-        except ValueError as e:
+            return read_run_state(run.out / "checkpoint.pt")["config"]
+        except TinyvitError as e:
             raise StudyError(str(e)) from None
     return None
 
@@ -363,7 +377,7 @@ def check_recorded(runs: list[Run]) -> None:
             raise StudyError(f"{run.out}: its recorded config is not readable ({e})") from None
         for f in fields(Config):
             k = f.name
-            if k in ignored or (k == "epochs" and state(run) == "resume"):
+            if k in ignored or (k == "epochs" and run_state(run) is RunState.RESUMABLE):
                 continue
             now, then = (planned.resolved_lr(), made.resolved_lr()) if k == "lr" else (getattr(planned, k), getattr(made, k))
             if now != then:
@@ -376,7 +390,7 @@ def check_recorded(runs: list[Run]) -> None:
 def command(run: Run) -> list[str]:
     """The run's finetune flags: continue an interrupted run, or (re)start one that saved nothing
     yet (--force: the folder is the study's own, and holds no finished epoch)."""
-    return run.argv + (["--resume"] if state(run) == "resume" else ["--force"])
+    return run.argv + (["--resume"] if run_state(run) is RunState.RESUMABLE else ["--force"])
 
 
 def log_path(run: Run) -> Path:
@@ -431,7 +445,7 @@ def last_line(run: Run) -> str:
 
 def execute(runs: list[Run], jobs: int, log) -> int:
     """Run what is not done; 0 when all finished, else the first failing exit code."""
-    todo = [r for r in runs if state(r) != "done"]
+    todo = [r for r in runs if run_state(r) is not RunState.DONE]
     if len(todo) < len(runs):
         log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished: skipped")
     t0, done = time.perf_counter(), 0
@@ -488,7 +502,7 @@ def execute(runs: list[Run], jobs: int, log) -> int:
 
 
 def read_summary(run: Run) -> dict:
-    return read_run_json(run, "summary.json")
+    return read_run_file(run, "summary.json")
 
 
 def _flops_per_image(model) -> int:
@@ -505,13 +519,13 @@ def gather(runs: list[Run], full: int) -> list[dict]:
     flops_cache = {}
     rows = []
     for run in runs:
-        if state(run) != "done":
+        if run_state(run) is not RunState.DONE:
             continue
         s = read_summary(run)
         key = (run.model, tuple(run.overrides.items()))
         if key not in flops_cache:
             flops_cache[key] = _flops_per_image(load_pretrained(run.out))
-        history = read_run_json(run, "metrics.jsonl", lines=True)
+        history = read_run_file(run, "metrics.jsonl")
         batch, repeat = s["config"]["batch_size"], s["config"].get("repeat_train", 1)
         rows.append({
             "model": run.model.label, "preset": run.model.preset, "train_size": run.size,
@@ -691,14 +705,14 @@ def main(argv=None) -> int:
 
         check_owned(passthrough, "the pass-through flags")
         if args.jobs < 1:
-            raise ValueError(f"--jobs {args.jobs} must be at least 1")
+            raise StudyError(f"--jobs {args.jobs} must be at least 1")
         repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
         if repeated:
-            raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: seed {repeated[0]} is listed twice "
+            raise StudyError(f"--seeds {' '.join(map(str, args.seeds))}: seed {repeated[0]} is listed twice "
                              f"(it would be one run, counted as two seeds)")
         models = [parse_model(m) for m in args.models]
         if len({m.label for m in models}) < len(models):
-            raise ValueError("--models: two models share a label; name them LABEL=PRESET ...")
+            raise StudyError("--models: two models share a label; name them LABEL=PRESET ...")
         grid = parse_grid(args.override)
         # finetune's own parser checks the pass-through and each model's flags before anything runs.
         checked = {}
@@ -707,7 +721,7 @@ def main(argv=None) -> int:
             try:
                 cfg, _ = finetune.parse_args(["--model", m.preset, *passthrough, *m.flags])
             except SystemExit:
-                raise ValueError(f"--models {m.label}: finetune rejected its flags (above)") from None
+                raise StudyError(f"--models {m.label}: finetune rejected its flags (above)") from None
             for combo in itertools.product(*grid.values()):
                 parse_overrides(list(cfg.override) + [f"{k}={v}" for k, v in zip(grid, combo)], m.preset)
             checked[m.label] = cfg
@@ -716,24 +730,24 @@ def main(argv=None) -> int:
         for item in args.pretrain:
             label, sep, flags = item.partition("=")
             if not sep or label not in labels:
-                raise ValueError(f"--pretrain {item!r}: expected LABEL=FLAGS with LABEL one of {', '.join(sorted(labels))}")
+                raise StudyError(f"--pretrain {item!r}: expected LABEL=FLAGS with LABEL one of {', '.join(sorted(labels))}")
             specs[label] = tuple(shlex.split(flags))
         for item in args.teacher:
             label, sep, teacher = item.partition("=")
             if not sep or label not in labels or teacher not in labels or teacher == label:
-                raise ValueError(f"--teacher {item!r}: expected LABEL=TEACHER, two different labels of --models")
+                raise StudyError(f"--teacher {item!r}: expected LABEL=TEACHER, two different labels of --models")
             teachers[label] = teacher
         cfg = next(iter(checked.values()))
         if cfg.limit_train is not None:
-            raise ValueError("--limit-train: the study sets it from --train-sizes")
+            raise StudyError("--limit-train: the study sets it from --train-sizes")
         if args.steps is not None and args.steps < 1:
-            raise ValueError(f"--steps {args.steps} must be at least 1")
+            raise StudyError(f"--steps {args.steps} must be at least 1")
         splits = data.load_splits(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, seed=args.data_seed)
         full = len(splits.train)
         sizes = sorted({parse_size(s, full) for s in args.train_sizes})
     except data.DatasetError as e:
         raise SystemExit(f"tinyvit.study: error: {data.error_message(e)}") from None
-    except ValueError as e:
+    except TinyvitError as e:  # the user's mistake; anything else is a bug and keeps its traceback
         raise SystemExit(f"tinyvit.study: error: {e}") from None
 
     out = Path(args.out)
@@ -742,7 +756,7 @@ def main(argv=None) -> int:
                 per_model={label: (c.batch_size, c.epochs) for label, c in checked.items()})
     try:
         pretraining = plan_pretraining(models, specs, checked, args.seeds, args.data_seed, out)
-    except ValueError as e:
+    except TinyvitError as e:
         raise SystemExit(f"tinyvit.study: error: {e}") from None
     for run in runs:
         if (run.model.label, run.seed) in pretraining:

@@ -30,12 +30,15 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tinyvit import data, freeze, presets, recipe, rundir
+from tinyvit import data, freeze, recipe, rundir
 from tinyvit.augment import BatchAugment, seeded
 from tinyvit.batches import ImageBatches, TensorBatches
 from tinyvit.checkpoint import arch_of, save_pretrained
-from tinyvit.evaluate import Tally, amp_dtype, autocast, evaluate, per_class_accuracy
-from tinyvit.hub import create_model
+from tinyvit.convert import model_of_run_state
+from tinyvit.device import amp_dtype, autocast
+from tinyvit.errors import MissingFileError, TinyvitError
+from tinyvit.evaluate import Tally, evaluate, per_class_accuracy
+from tinyvit.hub import DownloadError, create_model
 from tinyvit.mae import PRETRAIN_FILE, finetune_model, param_groups_lrd
 from tinyvit.presets import PRESETS, parse_overrides
 from tinyvit.preprocess import Preprocess
@@ -118,15 +121,15 @@ def check_image_size(cfg: Config) -> None:
     if size is None:
         return
     if size < 1:
-        raise ValueError(f"--image-size {size}: expected a positive number of pixels")
+        raise TinyvitError(f"--image-size {size}: expected a positive number of pixels")
     preset = PRESETS[cfg.model]
     if preset["arch"] == "vit":
         patch = parse_overrides(cfg.override, cfg.model).get("patch_size", preset["config"]["patch_size"])
         if isinstance(patch, int) and patch >= 1 and (size < patch or size % patch):
-            raise ValueError(f"--image-size {size}: {cfg.model} cuts images into {patch}x{patch} patches; "
-                             f"use a multiple of {patch} (the smallest is {patch})")
+            raise TinyvitError(f"--image-size {size}: {cfg.model} cuts images into {patch}x{patch} patches; "
+                               f"use a multiple of {patch} (the smallest is {patch})")
     elif preset["arch"] == "resnet" and size < RESNET_MIN_SIZE:
-        raise ValueError(f"--image-size {size}: a ResNet downsamples by 32; use at least {RESNET_MIN_SIZE} pixels")
+        raise TinyvitError(f"--image-size {size}: a ResNet downsamples by 32; use at least {RESNET_MIN_SIZE} pixels")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,11 +140,11 @@ def check_image_size(cfg: Config) -> None:
 def fd_reconstruction(model: nn.Module, cfg: Config) -> nn.Module:
     """FDViT (tinyvit/fdvit.py): its FD layers' decoders exist only while --fd-ratio trains them."""
     if not (math.isfinite(cfg.fd_ratio) and cfg.fd_ratio >= 0):
-        raise ValueError(f"--fd-ratio {cfg.fd_ratio}: expected a loss weight of 0 or more")
+        raise TinyvitError(f"--fd-ratio {cfg.fd_ratio}: expected a loss weight of 0 or more")
     if hasattr(model, "set_reconstruction"):
         return model.set_reconstruction(cfg.fd_mask if cfg.fd_ratio else None)
     if cfg.fd_ratio:
-        raise ValueError(f"--fd-ratio {cfg.fd_ratio:g}: {cfg.model} has no FD layers to train (an fdvit_* preset has)")
+        raise TinyvitError(f"--fd-ratio {cfg.fd_ratio:g}: {cfg.model} has no FD layers to train (an fdvit_* preset has)")
     return model
 
 
@@ -154,7 +157,7 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
     else:
         source = Path(cfg.weights)
         if not source.exists():
-            raise FileNotFoundError(f"--weights {source}: no such file or directory")
+            raise MissingFileError(f"--weights {source}: no such file or directory")
         if (source / PRETRAIN_FILE).is_file():  # a tinyvit.pretrain run: its encoder, with a new head
             from tinyvit.convert import load_pretrained
 
@@ -167,10 +170,8 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
     # unless --keep-head: the study trains a fresh classifier.
     try:
         model = create_model(cfg.model, num_classes=num_classes, pretrained=source, **overrides)
-    except RuntimeError as e:  # tinyvit.hub.DownloadError: offline, or the file failed its checksum
-        if source is not True:
-            raise
-        raise RuntimeError(f"{e}. On this command line: --weights PATH (that file), or --weights none") from e
+    except DownloadError as e:  # offline, or the file failed its checksum
+        raise DownloadError(f"{e}. On this command line: --weights PATH (that file), or --weights none") from e
     if not cfg.keep_head:
         model.reset_classifier(num_classes)
     native = model.preprocess.image_size
@@ -186,18 +187,6 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
     return fd_reconstruction(model, cfg)
 
 
-def load_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or state.get("format") != rundir.CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a tinyvit.finetune checkpoint")
-    if state.get("version") != rundir.CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, expected {rundir.CHECKPOINT_VERSION}")
-    return state
-
-
 # ---------------------------------------------------------------------------------------------
 # Set-up: one small function per piece, each returning plain objects.
 # ---------------------------------------------------------------------------------------------
@@ -206,15 +195,15 @@ def load_checkpoint(path: Path) -> dict:
 def check_config(cfg: Config, dist: Dist) -> None:
     """The numbers of the run, before anything is loaded."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(f"--epochs {cfg.epochs} and --batch-size {cfg.batch_size} must be at least 1")
+        raise TinyvitError(f"--epochs {cfg.epochs} and --batch-size {cfg.batch_size} must be at least 1")
     if cfg.batch_size % dist.world:
-        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must divide among {dist.world} processes")
+        raise TinyvitError(f"--batch-size {cfg.batch_size} is the global batch: it must divide among {dist.world} processes")
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr >= 0):
-        raise ValueError(f"--lr {cfg.lr}: expected a learning rate of 0 or more")
+        raise TinyvitError(f"--lr {cfg.lr}: expected a learning rate of 0 or more")
     if cfg.warmup_epochs is not None and not (math.isfinite(cfg.warmup_epochs) and cfg.warmup_epochs >= 0):
-        raise ValueError(f"--warmup-epochs {cfg.warmup_epochs}: expected 0 (no warm-up) or more")
+        raise TinyvitError(f"--warmup-epochs {cfg.warmup_epochs}: expected 0 (no warm-up) or more")
     if cfg.repeat_train < 1:
-        raise ValueError(f"--repeat-train {cfg.repeat_train} must be at least 1")
+        raise TinyvitError(f"--repeat-train {cfg.repeat_train} must be at least 1")
     check_image_size(cfg)
 
 
@@ -239,9 +228,7 @@ def build_model(cfg: Config, classes: list, resume_state: Optional[dict], device
     else:
         if resume_state["classes"] != classes:
             raise data.DatasetError(f"the dataset's classes changed since the run began: {resume_state['classes'][:10]} vs {classes[:10]}")
-        model = presets.build_model(resume_state["arch"], resume_state["model_config"],
-                                    Preprocess.from_dict(resume_state["preprocess"]))
-        model.load_state_dict(resume_state["model"])
+        model = model_of_run_state(resume_state, cfg.out_dir() / "checkpoint.pt")
     model.to(device)
     return model, freeze.apply(model, cfg.unfreeze)
 
@@ -253,7 +240,7 @@ def build_teacher(cfg: Config, classes: list, preprocess: Preprocess, low_res: b
 
     if cfg.teacher is None:
         if cfg.distill is not None:
-            raise ValueError(f"--distill {cfg.distill} needs --teacher PATH")
+            raise TinyvitError(f"--distill {cfg.distill} needs --teacher PATH")
         return None
     teacher = distill.load_teacher(cfg.teacher, classes, device)
     split.both_heads = True  # the loss needs the class and distillation heads apart
@@ -296,15 +283,15 @@ def build_optimizer(cfg: Config, model: nn.Module, steps_per_epoch: int, warn: C
     else:
         warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch)) if cfg.warmup_epochs > 0 else 0
         if warmup and warmup >= total:
-            raise ValueError(f"--warmup-epochs {cfg.warmup_epochs:g} covers the whole run of {cfg.epochs} epochs "
-                             f"({total} steps); use fewer, or 0 for no warm-up")
+            raise TinyvitError(f"--warmup-epochs {cfg.warmup_epochs:g} covers the whole run of {cfg.epochs} epochs "
+                               f"({total} steps); use fewer, or 0 for no warm-up")
     lr = cfg.resolved_lr()
     if lr == 0:
         warn("--lr 0: the learning rate is zero, so nothing will train")
     if cfg.layer_decay is None:
         groups = freeze.param_groups(model, cfg.weight_decay)
     elif not hasattr(model, "blocks"):
-        raise ValueError(f"--layer-decay {cfg.layer_decay}: layer-wise decay counts transformer blocks; {cfg.model} has none")
+        raise TinyvitError(f"--layer-decay {cfg.layer_decay}: layer-wise decay counts transformer blocks; {cfg.model} has none")
     else:  # MAE/BEiT's: each group at lr x its layer's scale, then the schedule scales them all
         groups = [dict(g, lr=lr * g["lr_scale"]) for g in param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay)]
     optimizer = torch.optim.AdamW(groups, lr=lr)
@@ -332,10 +319,10 @@ def cache_plan(cfg: Config, split: freeze.Split) -> tuple[bool, bool]:
         return False, False
     if cfg.cache != "auto":  # an explicit storage: say why it cannot be honoured rather than ignore it
         if not frozen:
-            raise ValueError(f"--cache {cfg.cache}: --unfreeze all leaves no frozen prefix to cache")
+            raise TinyvitError(f"--cache {cfg.cache}: --unfreeze all leaves no frozen prefix to cache")
         if cfg.augment:
-            raise ValueError(f"--cache {cfg.cache}: augmented images differ every epoch; pass --no-augment "
-                             f"to cache the training features")
+            raise TinyvitError(f"--cache {cfg.cache}: augmented images differ every epoch; pass --no-augment "
+                               f"to cache the training features")
     # Validation images are never augmented: their features are cached whenever the prefix is frozen.
     return frozen and not cfg.augment, frozen
 
@@ -399,20 +386,20 @@ class Trainer:
         self.classes = self.splits.classes
         for note in self.splits.notes:  # how the labels were read (hf: string labels ...)
             self.log(note)
-        self.model, self.split = build_model(cfg, self.classes, resume_state, device, self.warn)
+        self.model, self.partly_frozen = build_model(cfg, self.classes, resume_state, device, self.warn)
         self.preprocess = self.model.preprocess  # at the training resolution
-        self.distiller = build_teacher(cfg, self.classes, self.preprocess, self.splits.low_res, self.split, device)
+        self.distiller = build_teacher(cfg, self.classes, self.preprocess, self.splits.low_res, self.partly_frozen, device)
         self.recipe = recipe.Recipe.from_config(cfg)
         self.mix = self.recipe.batch_transform(len(self.classes))  # MixUp/CutMix: soft targets, or None
         self.train_data, self.val_data = build_sources(cfg, self.splits, self.preprocess, self.recipe, device, dist, num_workers)
-        self.cache_train, self.cache_val = cache_plan(cfg, self.split)
+        self.cache_train, self.cache_val = cache_plan(cfg, self.partly_frozen)
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built
         # With BatchNorm, a last training batch of one image joins the one before (epoch_batches).
-        self.merge_single = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
-        self.steps_per_epoch = steps_per_epoch(len(self.train_data), self.batch, dist.world, self.merge_single)
+        self.join_lone_last = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self.steps_per_epoch = steps_per_epoch(len(self.train_data), self.batch, dist.world, self.join_lone_last)
         self.optimizer, self.scheduler, self.warmup, self.lr = build_optimizer(cfg, self.model, self.steps_per_epoch, self.warn)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.train_net, self.eval_net = build_networks(self.split, dist, device, cfg.compile)
+        self.train_net, self.eval_net = build_networks(self.partly_frozen, dist, device, cfg.compile)
         self.step, self.history, self.meter = 0, [], Meter(device)  # where the run stands
         self.saved_step: Optional[int] = None  # the step checkpoint.pt holds, if there is one
         self.last_confusion: Optional[torch.Tensor] = None
@@ -462,7 +449,7 @@ class Trainer:
         """Epoch `epoch`'s batches from batch `start` on, as (inputs, targets, labels, item indices);
         targets are the labels, or soft targets [b, classes] after MixUp/CutMix."""
         lists = epoch_batches(len(self.train_data), self.batch, self.dist, self.cfg.seed, epoch,
-                              merge_single=self.merge_single)[start:]
+                              join_lone_last=self.join_lone_last)[start:]
         first = (epoch - 1) * self.steps_per_epoch + start
         self.train_net.train()  # the frozen prefix stays in eval mode (freeze.apply pinned it)
         self.meter.since = time.perf_counter()
@@ -477,7 +464,7 @@ class Trainer:
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of one training batch."""
-        features = inputs if self.features["train"] is not None else self.split.prefix(inputs)
+        features = inputs if self.features["train"] is not None else self.partly_frozen.prefix(inputs)
         logits = self.train_net(features)
         if self.distiller is None:
             loss = self.recipe.loss(logits, targets)
@@ -567,7 +554,7 @@ class Trainer:
         self.eval_net.eval()
 
         def forward(inputs):
-            return self.eval_net(inputs if cached else self.split.prefix(inputs))
+            return self.eval_net(inputs if cached else self.partly_frozen.prefix(inputs))
 
         # Processes hold unequal shares of the validation set, so only a single process may stop midway.
         should_stop = (lambda: stop.requested) if self.dist.world == 1 else (lambda: False)
@@ -587,7 +574,7 @@ class Trainer:
                 continue
             with self.bar(len(source), f"caching {name} features") as bar:
                 built = cache.build(
-                    self.split.prefix, source, storage=self.cfg.cache, device=self.device, dtype=self.dtype,
+                    self.partly_frozen.prefix, source, storage=self.cfg.cache, device=self.device, dtype=self.dtype,
                     path=self.out / rundir.CACHE_DIR / f"{name}.npy", batch_size=self.batch, rank=self.dist.rank,
                     world=self.dist.world, progress=bar, should_stop=should_stop,
                 )
@@ -623,7 +610,7 @@ class Trainer:
 
     def log_setup(self) -> None:
         cfg = self.cfg
-        self.log(self.split.describe())
+        self.log(self.partly_frozen.describe())
         if getattr(self.model.cfg, "token_learner_tokens", 0):  # the compute TokenLearner saves
             from tinyvit.flops import describe_token_learner
 
@@ -696,18 +683,18 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         step, spe, was, done = state["step"], self.steps_per_epoch, state["steps_per_epoch"], len(state["history"])
         if step != done * was and (was != spe or state["world_size"] != self.dist.world):
-            raise ValueError(f"the run was interrupted mid-epoch with {state['world_size']} processes and {was} steps per "
-                             f"epoch (now {self.dist.world} and {spe}); resume it with the same processes and data")
+            raise TinyvitError(f"the run was interrupted mid-epoch with {state['world_size']} processes and {was} steps per "
+                               f"epoch (now {self.dist.world} and {spe}); resume it with the same processes and data")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, RuntimeError) as e:
-            raise ValueError(f"checkpoint.pt: the optimizer state does not fit this run ({e})") from e
+            raise TinyvitError(f"checkpoint.pt: the optimizer state does not fit this run ({e})") from e
         if was != spe:  # at an epoch's end, on other data (--allow-data-change): the epochs done count
             step = self.scheduler.last_epoch = done * spe
         if step > self.cfg.epochs * spe:
-            raise ValueError(f"--epochs {self.cfg.epochs}: the run in {self.out} already has {len(state['history'])} epochs")
+            raise TinyvitError(f"--epochs {self.cfg.epochs}: the run in {self.out} already has {len(state['history'])} epochs")
         if self.cfg.epochs != state["config"]["epochs"]:
             self.log(f"note: --epochs {self.cfg.epochs} (was {state['config']['epochs']}): the cosine schedule now spans "
                      f"{self.cfg.epochs} epochs and the learning rate continues on it")
@@ -737,7 +724,7 @@ class Trainer:
             "image_size": self.preprocess.image_size, "epochs": len(self.history),
             "final": self.history[-1], "best": best,
             "trainable_params": trainable, "total_params": total,
-            "trainable_groups": self.split.trainable_groups(),
+            "trainable_groups": self.partly_frozen.trainable_groups(),
             "classes": self.classes, "per_class_acc": per_class_accuracy(confusion), "confusion": confusion.tolist(),
             "timing": timing(self.history), "config": self.run_config(),
         }

@@ -40,7 +40,7 @@ import torch
 from matplotlib.figure import Figure
 
 import tinyvit
-from tinyvit.convert import CheckpointError
+from tinyvit.checkpoint import CheckpointError
 
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook runs in tutorials/
 OUT = Path(os.environ.get("TINYVIT_TUTORIAL_OUT", HERE / "out"))
@@ -193,7 +193,7 @@ check("torchvision", ROOT / "vit_b_tiny.pth", tv_logits, num_heads=2)
 # files just written:
 
 # %%
-from tinyvit.convert import read_tensors  # noqa: E402
+from tinyvit.checkpoint import read_tensors  # noqa: E402
 
 files = {"timm": "timm_vit.pth", "DeiT": "deit_distilled.pth", "Google npz": "ViT-tiny.npz",
          "HF": "hf-vit/model.safetensors", "torchvision": "vit_b_tiny.pth"}

@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 import tinyvit
 import tinyvit.finetune
 from tinyvit import data, freeze
-from tinyvit.compare import read_metrics
+from tinyvit.rundir import read_metrics
 from tinyvit.resnet import ResNet, ResNetConfig
 from tinyvit.vit import ViTConfig, VisionTransformer
 
@@ -192,7 +192,7 @@ assert tinyvit.finetune.main(argv) == 0
 # `--out` holds `metrics.jsonl` (one JSON object per epoch, appended as each finishes),
 # `summary.json`, the model (`model.safetensors` + `config.json`, which `tinyvit.load_pretrained`
 # reads back with its preprocessing), `checkpoint.pt` for `--resume`, and the run's own
-# `curves.png` and `confusion.png`. `tinyvit.compare.read_metrics` reads the metrics with checks;
+# `curves.png` and `confusion.png`. `tinyvit.rundir.read_metrics` reads the metrics with checks;
 # `python -m tinyvit.compare RUN [RUN ...]` tabulates several runs.
 
 # %%

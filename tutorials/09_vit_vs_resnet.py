@@ -20,7 +20,8 @@ import torch
 from matplotlib.figure import Figure
 
 import tinyvit.finetune
-from tinyvit.compare import format_table, read_metrics, summarise
+from tinyvit.compare import format_table, summarise
+from tinyvit.rundir import read_metrics
 
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook runs in tutorials/
 OUT = Path(os.environ.get("TINYVIT_TUTORIAL_OUT", HERE / "out"))
