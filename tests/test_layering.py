@@ -136,3 +136,44 @@ def test_models_know_nothing_of_files_or_training(layer):
     allowed = set(LAYERS["kernels"]) | set(LAYERS["models"])
     for name in LAYERS[layer]:
         assert graph[name] <= allowed, f"{name} imports {sorted(graph[name] - allowed)}"
+
+
+# The model files. Everything else asks a model what it is (`model.arch`, `model.units()`, `model.set_image_size`, ...) instead of its class.
+MODEL_FILES = {"vit.py", "resnet.py", "fdvit.py", "mae.py", "locality.py", "token_learner.py"}
+MODEL_CLASSES = {"VisionTransformer", "ResNet", "FDViT", "MaskedAutoencoder"}
+
+
+def class_branches(path: Path) -> list[str]:
+    """Where `path` branches on a model's class: isinstance against a model class, an `is_vit`,
+    a comparison of an `arch` attribute with a name, or hasattr(model, ...)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) == 2:
+            target = node.args[1]
+            names = target.elts if isinstance(target, ast.Tuple) else [target]
+            if node.func.id == "isinstance" and any(isinstance(n, ast.Name) and n.id in MODEL_CLASSES for n in names):
+                found.append(f"{path.name}:{node.lineno} isinstance against {ast.unparse(target)}")
+            subject = node.args[0]
+            if node.func.id == "hasattr" and "model" in ast.unparse(subject).lower():
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+        elif isinstance(node, (ast.Name, ast.Attribute)) and (getattr(node, "id", None) or getattr(node, "attr", None)) == "is_vit":
+            found.append(f"{path.name}:{node.lineno} is_vit")
+        elif isinstance(node, ast.Compare) and isinstance(node.left, ast.Attribute) and node.left.attr == "arch" \
+                and any(isinstance(c, ast.Constant) for c in node.comparators):
+            found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_no_module_outside_the_models_branches_on_the_model_class():
+    files = [p for p in sorted((ROOT / "tinyvit").glob("*.py")) if p.name not in MODEL_FILES]
+    assert len(files) > 20, files
+    found = [hit for path in files for hit in class_branches(path)]
+    assert found == [], "ask the model (a member in vit.py, resnet.py, fdvit.py) instead:\n" + "\n".join(found)
+
+
+def test_the_class_branch_scan_finds_each_kind(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("if isinstance(model, (ResNet, FDViT)): pass\nif self.is_vit: pass\n"
+                    "if model.arch == 'vit': pass\nif hasattr(self.model, 'blocks'): pass\n"
+                    "if isinstance(x, dict) or model.arch in TABLE: pass\n")
+    assert [hit.split()[0] for hit in class_branches(path)] == ["bad.py:1", "bad.py:2", "bad.py:3", "bad.py:4"]

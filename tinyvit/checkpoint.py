@@ -47,17 +47,10 @@ class CheckpointError(TinyvitError):
 
 def arch_of(model: nn.Module) -> str:
     """The architecture name a config.json (and checkpoint.pt) records for this model."""
-    from tinyvit.fdvit import FDViT
-    from tinyvit.resnet import ResNet
-    from tinyvit.vit import VisionTransformer
-
-    if isinstance(model, VisionTransformer):
-        return "vit"
-    if isinstance(model, ResNet):
-        return "resnet"
-    if isinstance(model, FDViT):
-        return "fdvit"
-    raise TypeError(f"save_pretrained expects a tinyvit VisionTransformer, ResNet or FDViT, got {type(model).__name__}")
+    arch = getattr(model, "arch", None)
+    if not isinstance(arch, str):
+        raise TypeError(f"save_pretrained expects a tinyvit VisionTransformer, ResNet or FDViT, got {type(model).__name__}")
+    return arch
 
 
 def save_pretrained(model: nn.Module, directory) -> Path:
@@ -68,11 +61,8 @@ def save_pretrained(model: nn.Module, directory) -> Path:
     arch = arch_of(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # A model with training-only parts (FDViT's decoders) says what the inference model is.
-    if hasattr(model, "inference_state"):
-        model_config, state = model.inference_state()
-    else:
-        model_config, state = model.cfg.to_dict(), model.state_dict()
+    # The model says what its inference model is: an FDViT leaves out its training-only decoders.
+    model_config, state = model.inference_state()
     # safetensors refuses shared or strided storage: store plain contiguous CPU copies.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     preprocess = getattr(model, "preprocess", None)

@@ -42,6 +42,7 @@ from tinyvit.errors import TinyvitError
 from tinyvit.keymaps import FAMILIES, Mapped, map_keys, shape_of
 from tinyvit.presets import DEIT, GOOGLE, PRESETS, TORCHVISION, build_model
 from tinyvit.preprocess import HALF, PIL_RESAMPLE, Preprocess
+from tinyvit.vit import POOLS
 
 # ---------------------------------------------------------------------------------------------
 # 3. The architecture, from the shapes.
@@ -237,10 +238,9 @@ def _timm_numerics(ckpt: Checkpoint) -> dict:
     out = {}
     pool = args.get("global_pool", cfg.get("global_pool"))
     if pool is not None:
-        pools = {"token": "cls", "avg": "mean"}
-        if pool not in pools:
+        if not pool or pool not in POOLS:  # '' (unpooled tokens) would leave the file's head unread
             raise CheckpointError(f"{where}: global_pool={pool!r}; tinyvit supports 'token' and 'avg'")
-        out["pool"] = pools[pool]
+        out["pool"] = POOLS[pool]
     act = args.get("act_layer")
     if act is not None:
         acts = {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}
@@ -277,55 +277,70 @@ def check_config_fits(arch: str, config: dict, state: dict, where: Path) -> None
     fit. So every field that sizes a tensor is compared with the tensor first (counts of blocks and
     stages, widths, the position grid, the head); `load_strict` still checks every key afterwards.
     """
-    def value(name):
-        v = config.get(name)
-        return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-    problems = []
-
-    def expect(field, want, what):
-        if want is not None and config.get(field) != want:
-            problems.append(f"{field}={config.get(field)!r}, but " + what.format(want))
-
-    if arch == "vit":
-        blocks = _max_index(state, r"blocks\.(\d+)\.")
-        expect("depth", None if blocks is None else blocks + 1, "the weights hold {} blocks")
-        w, pos = state.get("patch_embed.proj.weight"), state.get("pos_embed")
-        if w is not None and w.ndim >= 2:
-            expect("dim", w.shape[0], "the patch embedding is {} wide")
-            if w.ndim == 4 and config.get("patch_embed", "conv") == "conv":  # (a conv stem ends in a 1x1 conv)
-                expect("patch_size", w.shape[2], "the patch embedding's kernel is {} px")
-                expect("in_channels", w.shape[1], "the patch embedding reads {} channels")
-        fc1 = state.get("blocks.0.mlp.fc1.weight")
-        expect("mlp_dim", None if fc1 is None else fc1.shape[0], "the MLP is {} wide")
-        head = state.get("head.weight")
-        expect("num_classes", 0 if head is None and "head.bias" not in state else None if head is None else head.shape[0],
-               "the head has {} classes")
-        image, patch = value("image_size"), value("patch_size")
-        if image and patch and image > 0 and patch > 0:
-            grid = image // patch
-            if pos is not None and pos.ndim == 3:
-                prefix = int("cls_token" in state) + int("dist_token" in state)
-                if grid * grid + prefix != pos.shape[1]:
-                    problems.append(f"image_size={image} (a grid of {grid}x{grid} patches of {patch} px), but the "
-                                    f"position embedding holds {pos.shape[1] - prefix} patch positions")
-            elif grid * grid * (value("dim") or 1) > MAX_TABLE:  # a fixed sin-cos table, computed when built
-                problems.append(f"image_size={image}: its sin-cos position table of {grid * grid:,} positions would not "
-                                f"fit in memory")
-        tokens = value("token_learner_tokens")
-        if tokens:
-            learners = [t for k, t in state.items() if k.endswith("token_learner.mlp.fc2.weight")]
-            expect("token_learner_tokens", learners[0].shape[0] if learners else 0, "the weights' TokenLearner makes {} tokens")
-    elif arch == "resnet":
-        layers = config.get("layers")
-        found = [(_max_index(state, rf"layer{s}\.(\d+)\.") or 0) + 1 for s in range(1, 5)]
-        if not isinstance(layers, (list, tuple)) or list(layers) != found:
-            problems.append(f"layers={layers!r}, but the weights hold {found} blocks per stage")
-        fc = state.get("fc.weight")
-        expect("num_classes", None if fc is None else fc.shape[0], "the head has {} classes")
+    misfits = _MISFITS.get(arch)
+    problems = misfits(config, state) if misfits is not None else []
     if problems:
         raise CheckpointError(f"{where}: the config does not describe these weights (nothing was built): "
                               + "; ".join(problems))
+
+
+def _int_field(config: dict, name: str) -> Optional[int]:
+    v = config.get(name)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _expect(problems: list, config: dict, field: str, want, what: str) -> None:
+    if want is not None and config.get(field) != want:
+        problems.append(f"{field}={config.get(field)!r}, but " + what.format(want))
+
+
+def _vit_misfits(config: dict, state: dict) -> list[str]:
+    problems = []
+    blocks = _max_index(state, r"blocks\.(\d+)\.")
+    _expect(problems, config, "depth", None if blocks is None else blocks + 1, "the weights hold {} blocks")
+    w, pos = state.get("patch_embed.proj.weight"), state.get("pos_embed")
+    if w is not None and w.ndim >= 2:
+        _expect(problems, config, "dim", w.shape[0], "the patch embedding is {} wide")
+        if w.ndim == 4 and config.get("patch_embed", "conv") == "conv":  # (a conv stem ends in a 1x1 conv)
+            _expect(problems, config, "patch_size", w.shape[2], "the patch embedding's kernel is {} px")
+            _expect(problems, config, "in_channels", w.shape[1], "the patch embedding reads {} channels")
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    _expect(problems, config, "mlp_dim", None if fc1 is None else fc1.shape[0], "the MLP is {} wide")
+    head = state.get("head.weight")
+    _expect(problems, config, "num_classes",
+            0 if head is None and "head.bias" not in state else None if head is None else head.shape[0],
+            "the head has {} classes")
+    image, patch = _int_field(config, "image_size"), _int_field(config, "patch_size")
+    if image and patch and image > 0 and patch > 0:
+        grid = image // patch
+        if pos is not None and pos.ndim == 3:
+            prefix = int("cls_token" in state) + int("dist_token" in state)
+            if grid * grid + prefix != pos.shape[1]:
+                problems.append(f"image_size={image} (a grid of {grid}x{grid} patches of {patch} px), but the "
+                                f"position embedding holds {pos.shape[1] - prefix} patch positions")
+        elif grid * grid * (_int_field(config, "dim") or 1) > MAX_TABLE:  # a fixed sin-cos table, computed when built
+            problems.append(f"image_size={image}: its sin-cos position table of {grid * grid:,} positions would not "
+                            f"fit in memory")
+    if _int_field(config, "token_learner_tokens"):
+        learners = [t for k, t in state.items() if k.endswith("token_learner.mlp.fc2.weight")]
+        _expect(problems, config, "token_learner_tokens", learners[0].shape[0] if learners else 0,
+                "the weights' TokenLearner makes {} tokens")
+    return problems
+
+
+def _resnet_misfits(config: dict, state: dict) -> list[str]:
+    problems = []
+    layers = config.get("layers")
+    found = [(_max_index(state, rf"layer{s}\.(\d+)\.") or 0) + 1 for s in range(1, 5)]
+    if not isinstance(layers, (list, tuple)) or list(layers) != found:
+        problems.append(f"layers={layers!r}, but the weights hold {found} blocks per stage")
+    fc = state.get("fc.weight")
+    _expect(problems, config, "num_classes", None if fc is None else fc.shape[0], "the head has {} classes")
+    return problems
+
+
+# Each architecture's checks of a config against its tensors; an FDViT is checked by the strict load alone.
+_MISFITS = {"vit": _vit_misfits, "resnet": _resnet_misfits}
 
 
 # A table the config makes and the weights do not hold (the sin-cos positions): more values than this,
@@ -550,73 +565,101 @@ def load_pretrained(
     if name is not None and name not in PRESETS:
         raise TinyvitError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     ckpt = read_checkpoint(source)
-    what = FAMILIES[ckpt.family][0]
-
-    if ckpt.family == "tinyvit":
-        meta = ckpt.config
-        if meta.get("version") != FORMAT_VERSION or not isinstance(meta.get("config"), dict) or "arch" not in meta:
-            raise CheckpointError(f"{ckpt.path.parent / 'config.json'}: expected tinyvit format version "
-                                  f"{FORMAT_VERSION} with 'arch' and 'config'")
-        arch, config = meta["arch"], dict(meta["config"])
-        if num_heads is not None and arch == "vit" and num_heads != config.get("num_heads"):
-            raise CheckpointError(f"{ckpt.path}: saved with num_heads={config.get('num_heads')}, not {num_heads}")
-        mapped = Mapped(state=dict(ckpt.tensors), origin={k: k for k in ckpt.tensors})
-        check_config_fits(arch, {**config, **overrides}, mapped.state, ckpt.path.parent / "config.json")
-        if name is not None:
-            preprocess = choose_preprocess(ckpt, config, name)
-        else:
-            try:
-                preprocess = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else None
-            except (TypeError, ValueError, AttributeError) as e:
-                raise CheckpointError(f"{ckpt.path.parent / 'config.json'}: preprocess.{e}") from e
-    else:
-        registers = [k for k in ckpt.tensors if k.endswith(("reg_token", "register_tokens"))]
-        if registers:  # timm's *_reg* models, Hugging Face's Dinov2WithRegisters
-            k = registers[0]
-            raise CheckpointError(
-                f"{ckpt.path}: unsupported: register tokens ({k!r} {shape_of(ckpt.tensors[k])}; Darcet et al. 2024, "
-                f"\"Vision Transformers Need Registers\"); tinyvit's ViT has only class and distillation tokens"
-            )
-        mapped = map_keys(ckpt)
-        if ckpt.family == "resnet":
-            arch, config = "resnet", infer_resnet_config(mapped.state, ckpt.path)
-        elif ckpt.family in ("fdvit", "fdvit_hf"):
-            arch, config = "fdvit", infer_fdvit_config(mapped.state, ckpt.path, num_heads, name)
-        else:
-            arch, config = "vit", infer_vit_config(mapped.state, ckpt.path)
-            config["num_heads"] = resolve_num_heads(ckpt, config["dim"], num_heads, name)
-            if ckpt.family == "hf":
-                config.update(_hf_numerics(ckpt))
-            elif ckpt.family == "timm":
-                config.update(_timm_numerics(ckpt))
-        preprocess = choose_preprocess(ckpt, config, name)
+    read = SOURCES.get(ckpt.family, _read_vit)
+    arch, config, mapped, preprocess = read(ckpt, num_heads, name, overrides)
     if name is not None:
         given = dict(overrides, **({"num_heads": num_heads} if num_heads is not None else {}))
         _check_preset(arch, config, name, ckpt.path, given)
 
     file_classes = config.get("num_classes", 0)
-    config.update(overrides)
+    model = _build(ckpt, arch, {**config, **overrides}, preprocess)
+    load_strict(model, mapped, ckpt.path, FAMILIES[ckpt.family][0])
+    _new_head(model, mapped, ckpt.path, num_classes, file_classes)
+    if image_size is not None:
+        model.set_image_size(image_size)
+    return model.eval()
+
+
+# One reader per kind of source: (architecture, config, tensors in tinyvit's names, preprocessing).
+
+
+def _read_tinyvit(ckpt: Checkpoint, num_heads: Optional[int], name: Optional[str], overrides: dict):
+    """A tinyvit directory: config.json says everything; the tensors already carry tinyvit's names."""
+    meta, where = ckpt.config, ckpt.path.parent / "config.json"
+    if meta.get("version") != FORMAT_VERSION or not isinstance(meta.get("config"), dict) or "arch" not in meta:
+        raise CheckpointError(f"{where}: expected tinyvit format version {FORMAT_VERSION} with 'arch' and 'config'")
+    arch, config = meta["arch"], dict(meta["config"])
+    if num_heads is not None and "num_heads" in config and num_heads != config["num_heads"]:  # (a ViT's)
+        raise CheckpointError(f"{ckpt.path}: saved with num_heads={config['num_heads']}, not {num_heads}")
+    mapped = Mapped(state=dict(ckpt.tensors), origin={k: k for k in ckpt.tensors})
+    check_config_fits(arch, {**config, **overrides}, mapped.state, where)
+    if name is not None:
+        return arch, config, mapped, choose_preprocess(ckpt, config, name)
     try:
-        model = build_model(arch, config, preprocess)
+        preprocess = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{where}: preprocess.{e}") from e
+    return arch, config, mapped, preprocess
+
+
+def _read_resnet(ckpt: Checkpoint, num_heads: Optional[int], name: Optional[str], overrides: dict):
+    mapped = _official_tensors(ckpt)
+    config = infer_resnet_config(mapped.state, ckpt.path)
+    return "resnet", config, mapped, choose_preprocess(ckpt, config, name)
+
+
+def _read_fdvit(ckpt: Checkpoint, num_heads, name: Optional[str], overrides: dict):
+    mapped = _official_tensors(ckpt)
+    config = infer_fdvit_config(mapped.state, ckpt.path, num_heads, name)
+    return "fdvit", config, mapped, choose_preprocess(ckpt, config, name)
+
+
+def _read_vit(ckpt: Checkpoint, num_heads: Optional[int], name: Optional[str], overrides: dict):
+    """Google, Hugging Face, timm/DeiT and torchvision ViTs: the shapes, then what each family's
+    config.json says that the shapes cannot (heads, numerics, pooling)."""
+    mapped = _official_tensors(ckpt)
+    config = infer_vit_config(mapped.state, ckpt.path)
+    config["num_heads"] = resolve_num_heads(ckpt, config["dim"], num_heads, name)
+    if ckpt.family == "hf":
+        config.update(_hf_numerics(ckpt))
+    elif ckpt.family == "timm":
+        config.update(_timm_numerics(ckpt))
+    return "vit", config, mapped, choose_preprocess(ckpt, config, name)
+
+
+SOURCES = {"tinyvit": _read_tinyvit, "resnet": _read_resnet, "fdvit": _read_fdvit, "fdvit_hf": _read_fdvit}  # else a ViT
+
+
+def _official_tensors(ckpt: Checkpoint) -> Mapped:
+    """An official file's tensors renamed through its family's table (tinyvit/keymaps.py)."""
+    registers = [k for k in ckpt.tensors if k.endswith(("reg_token", "register_tokens"))]
+    if registers:  # timm's *_reg* models, Hugging Face's Dinov2WithRegisters
+        k = registers[0]
+        raise CheckpointError(
+            f"{ckpt.path}: unsupported: register tokens ({k!r} {shape_of(ckpt.tensors[k])}; Darcet et al. 2024, "
+            f"\"Vision Transformers Need Registers\"); tinyvit's ViT has only class and distillation tokens"
+        )
+    return map_keys(ckpt)
+
+
+def _build(ckpt: Checkpoint, arch: str, config: dict, preprocess: Optional[Preprocess]) -> nn.Module:
+    try:
+        return build_model(arch, config, preprocess)
     except (TypeError, ValueError) as e:
         if ckpt.family == "tinyvit":  # the architecture comes from config.json: name it
             raise CheckpointError(f"{ckpt.path.parent / 'config.json'}: config: {e}") from e
         raise CheckpointError(f"{ckpt.path}: cannot build the model this file describes ({e})") from e
-    load_strict(model, mapped, ckpt.path, what)
 
+
+def _new_head(model: nn.Module, mapped: Mapped, path: Path, num_classes: Optional[int], file_classes: int) -> None:
+    """A new head when num_classes differs from the file's; a warning either way when the head is not usable."""
     head = mapped.state.get("head.weight", mapped.state.get("fc.weight"))
     if num_classes is not None and num_classes != file_classes:
         model.reset_classifier(num_classes)
         had = f"the file's head of {file_classes} classes was dropped" if file_classes else "the file has no head"
-        warnings.warn(f"{ckpt.path}: {had}; a new, untrained head of {num_classes} classes replaces it", stacklevel=2)
+        warnings.warn(f"{path}: {had}; a new, untrained head of {num_classes} classes replaces it", stacklevel=3)
     elif head is not None and not head.any():
         warnings.warn(
-            f"{ckpt.path}: the classification head is all zeros (Google's in21k files zeroed it); "
-            f"use the model as a backbone or give it a new head with num_classes=...", stacklevel=2,
+            f"{path}: the classification head is all zeros (Google's in21k files zeroed it); "
+            f"use the model as a backbone or give it a new head with num_classes=...", stacklevel=3,
         )
-    if image_size is not None:
-        if arch != "resnet":
-            model.set_image_size(image_size)
-        elif model.preprocess is not None:  # a ResNet takes any size: only the preprocessing changes
-            model.preprocess = model.preprocess.with_image_size(image_size)
-    return model.eval()

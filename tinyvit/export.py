@@ -62,7 +62,6 @@ from tinyvit.errors import MissingFileError, TinyvitError
 from tinyvit.keymaps import HUGGING_FACE, RESNET, TIMM, compile_pattern, same
 from tinyvit.presets import PRESETS
 from tinyvit.preprocess import PIL_RESAMPLE, Preprocess
-from tinyvit.resnet import ResNet
 from tinyvit.vit import ViTConfig, VisionTransformer
 
 TARGETS = ("hf", "timm")
@@ -133,9 +132,12 @@ def hf_state_dict(model: VisionTransformer) -> dict:
     return {k if k.startswith(_HF_HEADS) else prefix + k: v for k, v in state.items()}
 
 
+# timm's key table of each architecture timm has (by the model's `arch`).
+TIMM_TABLES = {"vit": TIMM, "resnet": RESNET}
+
+
 def timm_state_dict(model: nn.Module) -> dict:
-    table = RESNET if isinstance(model, ResNet) else TIMM
-    return invert(table, _plain_state(model))
+    return invert(TIMM_TABLES[model.arch], _plain_state(model))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,14 +157,21 @@ _KNOWN = {
 
 def refusals(model: nn.Module, to: str) -> list[str]:
     """Every reason `to` cannot hold this model, one line each, naming the field."""
-    if not isinstance(model, (ResNet, VisionTransformer)):
+    refuse = _REFUSALS.get(getattr(model, "arch", None))
+    if refuse is None:
         return [f"a {type(model).__name__}: neither transformers nor timm has this architecture (FDViT's Hugging "
                 f"Face ports are custom code); keep the tinyvit directory (tinyvit.save_pretrained)"]
-    if isinstance(model, ResNet):
-        if to == "hf":
-            return ["a ResNet: transformers' ResNetForImageClassification has another layout (stages, "
-                    "embedder, shortcut names); export it --to timm"]
-        return []
+    return refuse(model, to)
+
+
+def _resnet_refusals(model: nn.Module, to: str) -> list[str]:
+    if to == "hf":
+        return ["a ResNet: transformers' ResNetForImageClassification has another layout (stages, "
+                "embedder, shortcut names); export it --to timm"]
+    return []
+
+
+def _vit_refusals(model: VisionTransformer, to: str) -> list[str]:
     cfg, lib = model.cfg, {"hf": "transformers' ViT", "timm": "timm's VisionTransformer"}[to]
     out = []
     defaults = ViTConfig()
@@ -193,6 +202,9 @@ def refusals(model: nn.Module, to: str) -> list[str]:
         if int(cfg.dim * (cfg.mlp_dim / cfg.dim)) != cfg.mlp_dim:
             out.append(f"ViTConfig.mlp_dim={cfg.mlp_dim}: not int(dim * mlp_ratio) for any float ratio at dim={cfg.dim}")
     return out
+
+
+_REFUSALS = {"vit": _vit_refusals, "resnet": _resnet_refusals}
 
 
 def _check(model: nn.Module, to: str) -> None:
@@ -310,13 +322,20 @@ def timm_model_args(model: nn.Module) -> tuple[str, dict]:
     base of the same class (VisionTransformer, VisionTransformerDistilled, ResNet), the arguments
     spelling out every size: timm's entry points let keyword arguments override their own.
     """
+    return _TIMM_ARGS[model.arch](model)
+
+
+def _timm_resnet_args(model: nn.Module) -> tuple[str, dict]:
     cfg = model.cfg
-    if isinstance(model, ResNet):
-        name = _RESNETS.get((cfg.block, tuple(cfg.layers)))
-        args = {} if name else {"layers": list(cfg.layers)}
-        if cfg.in_channels != 3:
-            args["in_chans"] = cfg.in_channels
-        return name or ("resnet18" if cfg.block == "basic" else "resnet50"), args
+    name = _RESNETS.get((cfg.block, tuple(cfg.layers)))
+    args = {} if name else {"layers": list(cfg.layers)}
+    if cfg.in_channels != 3:
+        args["in_chans"] = cfg.in_channels
+    return name or ("resnet18" if cfg.block == "basic" else "resnet50"), args
+
+
+def _timm_vit_args(model: VisionTransformer) -> tuple[str, dict]:
+    cfg = model.cfg
     shape = dict(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, patch_size=cfg.patch_size)
     names = [n for n, p in PRESETS.items() if p["arch"] == "vit"
              and {k: p["config"].get(k) for k in shape} == shape and p["config"].get("distilled", False) == cfg.distilled]
@@ -329,6 +348,9 @@ def timm_model_args(model: nn.Module) -> tuple[str, dict]:
     if cfg.act == "gelu_tanh":
         args["act_layer"] = "gelu_tanh"
     return (names[0] if names else base), args
+
+
+_TIMM_ARGS = {"vit": _timm_vit_args, "resnet": _timm_resnet_args}
 
 
 def timm_config(model: nn.Module, classes: Optional[list] = None) -> dict:

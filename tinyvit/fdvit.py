@@ -472,6 +472,42 @@ class FDViT(nn.Module):
             x = xt if stage.downsample is None else stage.downsample(xt, side)
         return intermediates if intermediates_only else (x, intermediates)
 
+    # -- what training and the formats ask of every tinyvit model (vit.py and resnet.py answer too) --
+
+    arch = "fdvit"  # the name config.json, checkpoint.pt and the presets record
+    units_name = "stages"  # what --unfreeze N counts
+
+    def units(self) -> list[tuple[str, nn.Module]]:
+        """The five stages --unfreeze counts, first to last, with their state-dict names. A stage ends
+        with its FD layer (and decoder): they freeze and train with it."""
+        return [(f"stages.{i}", stage) for i, stage in enumerate(self.stages)]
+
+    def stem_modules(self) -> list[tuple[str, nn.Module]]:
+        """What runs before the first stage: frozen with it."""
+        return [("patch_embed", self.patch_embed), ("pos_drop", self.pos_drop)]
+
+    def head_modules(self) -> list[tuple[str, nn.Module]]:
+        """What trains in every --unfreeze mode: the final norm and the head."""
+        return [("norm", self.norm), ("head", self.head)]
+
+    def forward_prefix(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Images -> the map entering stages[k]."""
+        x = self.stem(x)
+        for stage in self.stages[:k]:
+            x = stage(x)
+        return x
+
+    def forward_suffix(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """forward_prefix(images, k) -> logits."""
+        for stage in self.stages[k:]:
+            x = stage(x)
+        return self.forward_head(x)
+
+    distilled_training = False  # timm's switch of a distilled DeiT's two heads; one head here
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """timm's call for a distilled DeiT; an FDViT has one head, so there is nothing to switch."""
+
     # -- arithmetic ---------------------------------------------------------------------------
 
     def flops(self, image_size: Optional[int] = None, attention_matmuls: bool = True) -> int:

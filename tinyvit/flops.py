@@ -168,21 +168,28 @@ def hooked_flops(model: nn.Module, images: torch.Tensor, forward=None) -> int:
     return total // images.shape[0]
 
 
+# The architectures counted by formula (attention products included), by their `arch` name; the rest by hooks.
+FORMULAS = {
+    "vit": lambda model, image_size=None: vit_flops(model.cfg, image_size),
+    "fdvit": lambda model, image_size=None: model.flops(image_size),  # tinyvit/fdvit.py
+}
+# The trained part from unit k on (what freeze.Split.describe reports), where a formula exists.
+SUFFIX_FLOPS = {"vit": suffix_flops}
+# Models whose published FLOPs leave out the attention products: the training log counts them both ways.
+LAYERS_ONLY = {"fdvit": lambda model: model.flops(attention_matmuls=False)}
+
+
 def model_flops(model: nn.Module, image_size: Optional[int] = None) -> int:
     """Forward FLOPs per image of `model` on square images of `image_size` px (default: the model's).
 
     A tinyvit VisionTransformer is counted by `vit_flops` (as its `forward` runs: reduced last block
-    with class-token pooling). Anything else (the ResNet, a model with new modules) runs one forward on
+    with class-token pooling), an FDViT by its own formula (FORMULAS). Anything else (the ResNet, a model with new modules) runs one forward on
     a zero image and counts its Conv2d and Linear modules by hooks (`hooked_flops`); that needs
     image_size, or a `cfg.image_size` on the model, and sees no attention products.
     """
-    from tinyvit.fdvit import FDViT
-    from tinyvit.vit import VisionTransformer
-
-    if isinstance(model, VisionTransformer):
-        return vit_flops(model.cfg, image_size)
-    if isinstance(model, FDViT):  # its own formula, attention products included (tinyvit/fdvit.py)
-        return model.flops(image_size)
+    formula = FORMULAS.get(getattr(model, "arch", None))
+    if formula is not None:
+        return formula(model, image_size)
     cfg = getattr(model, "cfg", None)
     size = image_size or getattr(cfg, "image_size", None)
     if size is None:

@@ -41,9 +41,6 @@ import torch
 from torch import nn
 
 from tinyvit.errors import TinyvitError
-from tinyvit.fdvit import FDViT
-from tinyvit.resnet import ResNet
-from tinyvit.vit import VisionTransformer
 
 MODES = ("head", "last", "all")  # or a number N of final blocks / stages
 
@@ -57,36 +54,9 @@ def parse_mode(text: Union[str, int]) -> Union[str, int]:
     return text
 
 
-def _units(model: nn.Module) -> list[nn.Module]:
-    """The repeated units a mode counts: ViT blocks, ResNet and FDViT stages."""
-    if isinstance(model, VisionTransformer):
-        return list(model.blocks)
-    if isinstance(model, (ResNet, FDViT)):
-        return list(model.stages)
-    raise TypeError(f"expected a tinyvit VisionTransformer, ResNet or FDViT, got {type(model).__name__}")
-
-
-def _head_group(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """What trains in every mode: the classifier, and for ViT the final norm and optional extras."""
-    if isinstance(model, ResNet):
-        return [("fc", model.fc)]
-    group = [("norm", model.norm)]
-    for name in ("fc_norm", "pre_logits", "head", "head_dist"):
-        if getattr(model, name, None) is not None:
-            group.append((name, getattr(model, name)))
-    return group
-
-
 def _prefix_modules(model: nn.Module, k: int) -> list[tuple[str, nn.Module]]:
     """The modules of the frozen prefix when the first k units are frozen."""
-    if isinstance(model, VisionTransformer):
-        stem = [("patch_embed", model.patch_embed), ("pos_drop", model.pos_drop)]
-        return stem + [(f"blocks.{i}", model.blocks[i]) for i in range(k)]
-    if isinstance(model, FDViT):  # a stage ends with its FD layer (and decoder): they freeze with it
-        stem = [("patch_embed", model.patch_embed), ("pos_drop", model.pos_drop)]
-        return stem + [(f"stages.{i}", model.stages[i]) for i in range(k)]
-    stem = [(n, getattr(model, n)) for n in ("conv1", "bn1", "relu", "maxpool")]
-    return stem + [(f"layer{i + 1}", model.stages[i]) for i in range(k)]
+    return model.stem_modules() + model.units()[:k]
 
 
 def _eval_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
@@ -124,48 +94,25 @@ class Split(nn.Module):
     def both_heads(self) -> bool:
         """DeiT distilled in training: both heads' logits (distillation needs them), else their mean.
         The model's own switch, timm's set_distilled_training."""
-        return getattr(self.model, "distilled_training", False)
+        return self.model.distilled_training
 
     @both_heads.setter
     def both_heads(self, enable: bool) -> None:
-        if hasattr(self.model, "set_distilled_training"):
-            self.model.set_distilled_training(enable)
-
-    @property
-    def is_vit(self) -> bool:
-        return isinstance(self.model, VisionTransformer)
+        self.model.set_distilled_training(enable)
 
     @torch.no_grad()
     def prefix(self, x: torch.Tensor) -> torch.Tensor:
-        k, m = self.frozen_depth, self.model
-        if k is None:
+        if self.frozen_depth is None:
             return x  # nothing frozen: the "features" are the images
-        if self.is_vit:
-            x = m.embed(x)  # [b, n, d]
-            if k == len(m.blocks) and m.head_tokens is not None:
-                # --unfreeze head: every block is frozen and only the class (and distillation) token
-                # of the last one is read, so that block runs for them alone: [b, head_tokens, d].
-                return m.blocks[-1](m.run_blocks(x, 0, k - 1), num_queries=m.head_tokens)
-            return m.run_blocks(x, 0, k)
-        x = m.stem(x)  # [b, 64, H/4, W/4]
-        for stage in m.stages[:k]:
-            x = stage(x)
-        return x
+        return self.model.forward_prefix(x, self.frozen_depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, m = self.frozen_depth, self.model
-        if k is None:
-            out = m(x)
-        elif self.is_vit:
-            out = m.forward_head(m.forward_from(x, k))  # the last block for the head's tokens only
-        else:
-            for stage in m.stages[k:]:
-                x = stage(x)
-            out = m.forward_head(x)
+        if self.frozen_depth is None:
+            return self.model(x)
         # DeiT distilled: the mean of the two heads unless both_heads (the model's distilled_training)
         # is on; with no teacher, both heads learn the labels and predict by their mean, as DeiT
         # evaluates (facebookresearch/deit#82, the "both heads" option).
-        return out
+        return self.model.forward_suffix(x, self.frozen_depth)
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -173,9 +120,7 @@ class Split(nn.Module):
         m, k = self.model, self.frozen_depth
         if k is None:
             return ["everything"]
-        units = _prefix_modules(m, len(_units(m)))[len(_prefix_modules(m, 0)):]  # (name, unit) of every unit
-        names = [name for name, _ in units[k:]]
-        return names + [name for name, _ in _head_group(m)]
+        return [name for name, _ in m.units()[k:] + m.head_modules()]
 
     def frozen_groups(self) -> list[str]:
         if self.frozen_depth is None:
@@ -193,16 +138,19 @@ class Split(nn.Module):
             f"  trainable: {', '.join(self.trainable_groups())}\n"
             f"  frozen (eval mode): {', '.join(frozen) if frozen else 'nothing'}"
         )
-        if self.is_vit and self.frozen_depth is not None:
-            text += "\n  " + self.describe_flops()
-        return text
+        flops = self.describe_flops()
+        return text + ("\n  " + flops if flops else "")
 
     def describe_flops(self) -> str:
-        """The trained part's forward FLOPs per image (ViT), as run and as a full last block would cost."""
-        from tinyvit.flops import format_flops, suffix_flops
+        """The trained part's forward FLOPs per image, as run and as a full last block would cost; ''
+        with nothing frozen, or for a model no formula counts in parts (tinyvit/flops.py SUFFIX_FLOPS)."""
+        from tinyvit.flops import SUFFIX_FLOPS, format_flops
 
-        run = suffix_flops(self.model, self.frozen_depth)
-        full = suffix_flops(self.model, self.frozen_depth, reduced_last_block=False)
+        count = SUFFIX_FLOPS.get(self.model.arch)
+        if count is None or self.frozen_depth is None:
+            return ""
+        run = count(self.model, self.frozen_depth)
+        full = count(self.model, self.frozen_depth, reduced_last_block=False)
         note = ""
         if run != full:
             note = f" (the last block for the head's tokens only; {format_flops(full)} with every token, {full / run:.1f}x)"
@@ -212,20 +160,21 @@ class Split(nn.Module):
 def apply(model: nn.Module, mode: Union[str, int]) -> Split:
     """Freeze `model` in place for `mode` ('head', 'last', 'all' or N) and return its Split."""
     mode = parse_mode(mode)
-    units = _units(model)
+    if not callable(getattr(model, "units", None)):
+        raise TypeError(f"expected a tinyvit VisionTransformer, ResNet or FDViT, got {type(model).__name__}")
+    units = [unit for _, unit in model.units()]
     _unpin(model)  # a second apply() on the same model starts from scratch
     if mode == "all":
         model.requires_grad_(True)
         return Split(model, None, mode)
     n = {"head": 0, "last": 1}.get(mode, mode)
-    kind = "blocks" if isinstance(model, VisionTransformer) else "stages"
     if n > len(units):
-        raise TinyvitError(f"--unfreeze {n}: the model has only {len(units)} {kind} (use 'all' to train everything)")
+        raise TinyvitError(f"--unfreeze {n}: the model has only {len(units)} {model.units_name} (use 'all' to train everything)")
     k = len(units) - n
     model.requires_grad_(False)
     for unit in units[k:]:
         unit.requires_grad_(True)
-    for _, module in _head_group(model):
+    for _, module in model.head_modules():
         module.requires_grad_(True)
     for _, module in _prefix_modules(model, k):
         _pin_eval(module)

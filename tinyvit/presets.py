@@ -71,7 +71,7 @@ PRESETS = {
 
 # The config class of each architecture name ("arch" in PRESETS and in saved config.json files).
 CONFIGS = {"vit": ViTConfig, "resnet": ResNetConfig, "fdvit": FDViTConfig}
-MODELS = {"vit": VisionTransformer, "resnet": ResNet, "fdvit": FDViT}
+MODELS = {cls.arch: cls for cls in (VisionTransformer, ResNet, FDViT)}
 
 
 def build_model(arch: str, config: dict, preprocess: Preprocess | None = None) -> nn.Module:
@@ -103,9 +103,10 @@ def preset_model(name: str, num_classes: int = 1000, image_size: int | None = No
     config = dict(entry["config"], num_classes=num_classes, **overrides)
     preprocess = entry["preprocess"]
     if image_size is not None and image_size != preprocess.image_size:
-        if entry["arch"] != "resnet":
+        # Built at that size where the config has one (a ResNet's has none: set_image_size, resnet.py).
+        if "image_size" in {f.name for f in fields(CONFIGS[entry["arch"]])}:
             config["image_size"] = image_size
-        preprocess = preprocess.with_image_size(image_size)  # a ResNet is size-agnostic: only this changes
+        preprocess = preprocess.with_image_size(image_size)
     return build_model(entry["arch"], config, preprocess)
 
 

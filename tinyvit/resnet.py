@@ -267,3 +267,55 @@ class ResNet(nn.Module):
         if intermediates_only:
             return intermediates
         return x, intermediates
+
+    # -- what training and the formats ask of every tinyvit model (vit.py and fdvit.py answer too) ---
+
+    arch = "resnet"  # the name config.json, checkpoint.pt and the presets record
+    units_name = "stages"  # what --unfreeze N counts
+
+    def units(self) -> list[tuple[str, nn.Module]]:
+        """The four stages --unfreeze counts, first to last, with their state-dict names."""
+        return [(f"layer{i + 1}", stage) for i, stage in enumerate(self.stages)]
+
+    def stem_modules(self) -> list[tuple[str, nn.Module]]:
+        """What runs before the first stage: frozen with it."""
+        return [(n, getattr(self, n)) for n in ("conv1", "bn1", "relu", "maxpool")]
+
+    def head_modules(self) -> list[tuple[str, nn.Module]]:
+        """What trains in every --unfreeze mode: the fc alone (the last BatchNorm sits inside layer4)."""
+        return [("fc", self.fc)]
+
+    def forward_prefix(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Images -> the feature map entering stage k [b, C, H, W]."""
+        x = self.stem(x)  # [b, 64, H/4, W/4]
+        for stage in self.stages[:k]:
+            x = stage(x)
+        return x
+
+    def forward_suffix(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """forward_prefix(images, k) -> logits."""
+        for stage in self.stages[k:]:
+            x = stage(x)
+        return self.forward_head(x)
+
+    def set_image_size(self, image_size: int) -> "ResNet":
+        """A ResNet takes any size (global average pooling, no position table): only the preprocessing
+        the weights are served with changes."""
+        if self.preprocess is not None:
+            self.preprocess = self.preprocess.with_image_size(image_size)
+        return self
+
+    def inference_state(self) -> tuple[dict, dict]:
+        """(config, state dict): what tinyvit.save_pretrained writes."""
+        return self.cfg.to_dict(), self.state_dict()
+
+    distilled_training = False  # timm's switch of a distilled DeiT's two heads; one head here
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """timm's call for a distilled DeiT; a ResNet has one head, so there is nothing to switch."""
+
+    def set_reconstruction(self, mask_prob: Optional[float]) -> "ResNet":
+        """FDViT's masked reconstruction of its FD layers; a ResNet has none, so only None is accepted."""
+        if mask_prob is not None:
+            raise ValueError("a ResNet has no FD layers to train (an FDViT has)")
+        return self

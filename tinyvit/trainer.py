@@ -38,6 +38,7 @@ from tinyvit.convert import model_of_run_state
 from tinyvit.device import amp_dtype, autocast
 from tinyvit.errors import MissingFileError, TinyvitError
 from tinyvit.evaluate import Tally, evaluate, per_class_accuracy
+from tinyvit.flops import LAYERS_ONLY, model_flops
 from tinyvit.hub import DownloadError, create_model
 from tinyvit.mae import PRETRAIN_FILE, finetune_model, param_groups_lrd
 from tinyvit.presets import PRESETS, parse_overrides
@@ -141,11 +142,10 @@ def fd_reconstruction(model: nn.Module, cfg: Config) -> nn.Module:
     """FDViT (tinyvit/fdvit.py): its FD layers' decoders exist only while --fd-ratio trains them."""
     if not (math.isfinite(cfg.fd_ratio) and cfg.fd_ratio >= 0):
         raise TinyvitError(f"--fd-ratio {cfg.fd_ratio}: expected a loss weight of 0 or more")
-    if hasattr(model, "set_reconstruction"):
+    try:
         return model.set_reconstruction(cfg.fd_mask if cfg.fd_ratio else None)
-    if cfg.fd_ratio:
-        raise TinyvitError(f"--fd-ratio {cfg.fd_ratio:g}: {cfg.model} has no FD layers to train (an fdvit_* preset has)")
-    return model
+    except ValueError as e:
+        raise TinyvitError(f"--fd-ratio {cfg.fd_ratio:g} on {cfg.model}: {e}") from e
 
 
 def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn.Module:
@@ -180,10 +180,7 @@ def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn
         if size < native:
             warn(f"--image-size {size} is below the checkpoint's {native}: the weights saw {native}-pixel images "
                  f"and accuracy suffers; 32-pixel datasets are upsampled to --image-size")
-        if hasattr(model, "set_image_size"):
-            model.set_image_size(size)  # resamples the position embedding
-        else:  # a ResNet takes any size: only the preprocessing changes
-            model.preprocess = model.preprocess.with_image_size(size)
+        model.set_image_size(size)  # a ViT resamples its position embedding
     return fd_reconstruction(model, cfg)
 
 
@@ -290,7 +287,7 @@ def build_optimizer(cfg: Config, model: nn.Module, steps_per_epoch: int, warn: C
         warn("--lr 0: the learning rate is zero, so nothing will train")
     if cfg.layer_decay is None:
         groups = freeze.param_groups(model, cfg.weight_decay)
-    elif not hasattr(model, "blocks"):
+    elif model.units_name != "blocks":
         raise TinyvitError(f"--layer-decay {cfg.layer_decay}: layer-wise decay counts transformer blocks; {cfg.model} has none")
     else:  # MAE/BEiT's: each group at lr x its layer's scale, then the schedule scales them all
         groups = [dict(g, lr=lr * g["lr_scale"]) for g in param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay)]
@@ -615,9 +612,10 @@ class Trainer:
             from tinyvit.flops import describe_token_learner
 
             self.log(describe_token_learner(self.model.cfg))
-        if hasattr(self.model, "flops"):  # FDViT: counted both ways (its published numbers omit attention)
-            self.log(f"forward FLOPs per image: {self.model.flops() / 1e9:.3f} G with the attention matmuls, "
-                     f"{self.model.flops(attention_matmuls=False) / 1e9:.3f} G layers only (2 FLOPs per multiply-add)")
+        layers_only = LAYERS_ONLY.get(self.model.arch)
+        if layers_only is not None:
+            self.log(f"forward FLOPs per image: {model_flops(self.model) / 1e9:.3f} G with the attention matmuls, "
+                     f"{layers_only(self.model) / 1e9:.3f} G layers only (2 FLOPs per multiply-add)")
         where = "one tensor on the device" if isinstance(self.train_data, TensorBatches) else "image files"
         self.log(f"{cfg.model} ({cfg.weights} weights) on {cfg.dataset}: {len(self.splits.train):,} train / "
                  f"{len(self.splits.val):,} val images at {self.preprocess.image_size} px ({where}), {len(self.classes)} classes; "

@@ -845,3 +845,45 @@ class VisionTransformer(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
+
+    # -- what training and the formats ask of every tinyvit model (resnet.py and fdvit.py answer too) --
+
+    arch = "vit"  # the name config.json, checkpoint.pt and the presets record
+    units_name = "blocks"  # what --unfreeze N counts
+
+    def units(self) -> list[tuple[str, nn.Module]]:
+        """The repeated units --unfreeze counts, first to last, with their state-dict names."""
+        return [(f"blocks.{i}", blk) for i, blk in enumerate(self.blocks)]
+
+    def stem_modules(self) -> list[tuple[str, nn.Module]]:
+        """What runs before the first unit: frozen with it."""
+        return [("patch_embed", self.patch_embed), ("pos_drop", self.pos_drop)]
+
+    def head_modules(self) -> list[tuple[str, nn.Module]]:
+        """What trains in every --unfreeze mode: the final norm (it belongs to no block, and its scale
+        and shift adapt frozen features to a new head most cheaply), the head and its optional extras."""
+        group = [("norm", self.norm)]
+        return group + [(n, getattr(self, n)) for n in ("fc_norm", "pre_logits", "head", "head_dist")
+                        if getattr(self, n) is not None]
+
+    def forward_prefix(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Images -> the tokens entering blocks[k] [b, n, d]. k = depth with class-token pooling: the
+        last block has run for the head's tokens only, [b, head_tokens, d] (what forward_suffix reads)."""
+        x = self.embed(x)
+        if k == len(self.blocks) and self.head_tokens is not None:
+            return self.blocks[-1](self.run_blocks(x, 0, k - 1), num_queries=self.head_tokens)
+        return self.run_blocks(x, 0, k)
+
+    def forward_suffix(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """forward_prefix(images, k) -> logits: blocks[k:] (the last for the head's tokens only), the head."""
+        return self.forward_head(self.forward_from(x, k))
+
+    def inference_state(self) -> tuple[dict, dict]:
+        """(config, state dict): what tinyvit.save_pretrained writes."""
+        return self.cfg.to_dict(), self.state_dict()
+
+    def set_reconstruction(self, mask_prob: Optional[float]) -> "VisionTransformer":
+        """FDViT's masked reconstruction of its FD layers; a ViT has none, so only None is accepted."""
+        if mask_prob is not None:
+            raise ValueError("a ViT has no FD layers to train (an FDViT has)")
+        return self
