@@ -280,8 +280,10 @@ def resample_pos_embed(
 # ---------------------------------------------------------------------------------------------
 
 
-class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same parameters, same state-dict names) computed by tinyvit.kernels."""
+class SwitchableLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters, same state-dict names) whose implementation `set_kernels` switches:
+    the Triton kernel, PyTorch's F.layer_norm or the reference, chosen per call from `kernels` and the
+    tensor's device (tinyvit.kernels.FusedLayerNorm fixes one backend instead)."""
 
     kernels: str = "auto"
 
@@ -397,9 +399,9 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ViTConfig, drop_path: float = 0.0):
         super().__init__()
-        self.norm1 = LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm1 = SwitchableLayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.attn = LocalitySelfAttention(cfg) if cfg.lsa else Attention(cfg)
-        self.norm2 = LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm2 = SwitchableLayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
         self.drop_path = DropPath(drop_path)
         self.token_learner = None  # a TokenLearner closing this block; set by VisionTransformer
@@ -467,8 +469,8 @@ class VisionTransformer(nn.Module):
             self.blocks[cfg.token_learner_block].token_learner = TokenLearner(
                 d, cfg.token_learner_tokens, self.num_prefix_tokens, eps=cfg.norm_eps, dropout=cfg.dropout
             )
-        self.norm = nn.Identity() if cfg.fc_norm else LayerNorm(d, eps=cfg.norm_eps)
-        self.fc_norm = LayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else None
+        self.norm = nn.Identity() if cfg.fc_norm else SwitchableLayerNorm(d, eps=cfg.norm_eps)
+        self.fc_norm = SwitchableLayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else None
 
         width = cfg.pre_logits or d
         self.pre_logits = nn.Linear(d, cfg.pre_logits) if cfg.pre_logits else None
@@ -626,7 +628,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"kernels={mode!r}; expected 'auto', 'triton', 'torch' or 'reference'")
         self.cfg.kernels = mode
         for m in self.modules():
-            if isinstance(m, (LayerNorm, Attention)):
+            if isinstance(m, (SwitchableLayerNorm, Attention)):
                 m.kernels = mode
         return self
 
