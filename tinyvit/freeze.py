@@ -144,7 +144,7 @@ class Split(nn.Module):
             if k == len(m.blocks) and m.head_tokens is not None:
                 # --unfreeze head: every block is frozen and only the class (and distillation) token
                 # of the last one is read, so that block runs for them alone: [b, head_tokens, d].
-                return m.blocks[-1](m.run_blocks(x, 0, k - 1), num_queries=m.head_tokens)
+                return m.run_last_block(m.run_blocks(x, 0, k - 1), m.head_tokens)
             return m.run_blocks(x, 0, k)
         x = m.stem(x)  # [b, 64, H/4, W/4]
         for stage in m.stages[:k]:
