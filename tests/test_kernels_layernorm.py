@@ -14,7 +14,7 @@ from torch import nn
 pytest.importorskip("triton")
 
 from tinyvit import kernels  # noqa: E402
-from tinyvit.kernels import LayerNorm, LayerNormFunction, layer_norm, layer_norm_reference  # noqa: E402
+from tinyvit.kernels import FusedLayerNorm, LayerNormFunction, layer_norm, layer_norm_reference  # noqa: E402
 from tinyvit.kernels import _dispatch  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -211,7 +211,7 @@ def test_module_is_a_drop_in_for_nn_layer_norm():
     with torch.no_grad():
         torch_ln.weight.copy_(make_params(768, torch.float32)[0])
         torch_ln.bias.normal_()
-    ours = LayerNorm(768, eps=1e-6, backend="triton").to(DEVICE)
+    ours = FusedLayerNorm(768, eps=1e-6, backend="triton").to(DEVICE)
     assert list(ours.state_dict()) == ["weight", "bias"]
     ours.load_state_dict(torch_ln.state_dict())  # strict: same names and shapes
     x = make_x((2, 7, 768), torch.float32, "contiguous", seed=14)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "kernels": ["tinyvit.kernels", "tinyvit.kernels._dispatch", "tinyvit.kernels.attention",
                 "tinyvit.kernels.layernorm"],
-    "models": ["tinyvit.errors", "tinyvit.checks", "tinyvit.token_learner", "tinyvit.vit", "tinyvit.fdvit", "tinyvit.resnet", "tinyvit.flops",
+    "models": ["tinyvit.errors", "tinyvit.checks", "tinyvit.token_learner", "tinyvit.vit_config", "tinyvit.vit", "tinyvit.fdvit", "tinyvit.resnet", "tinyvit.flops",
                "tinyvit.locality", "tinyvit.mae"],
     "files": ["tinyvit.atomic", "tinyvit.rundir"],
     "formats": ["tinyvit.preprocess", "tinyvit.presets", "tinyvit.checkpoint", "tinyvit.keymaps",

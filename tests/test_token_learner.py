@@ -50,7 +50,7 @@ def test_forward_shapes_and_token_counts(kw):
 
 
 def test_off_by_default_and_placement_is_checked():
-    assert all(b.token_learner is None for b in tiny().blocks)
+    assert tiny().token_learner is None
     model = tiny(token_learner_tokens=4, token_learner_at=3)  # after the last block: a learned pooling
     assert model.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 1 + 4, 32)
     with pytest.raises(ValueError, match="token_learner_at=4"):

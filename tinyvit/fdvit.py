@@ -62,7 +62,7 @@ from torch import nn
 
 from tinyvit.checks import check_input_dtype, check_int, is_int, take_indices
 from tinyvit.kernels import attention
-from tinyvit.vit import KERNELS, DropPath, LayerNorm, _backend
+from tinyvit.vit import KERNELS, DropPath, SwitchableLayerNorm, _backend
 
 
 def stage_grids(image_size: int, patch_size: int, stride: int, stages: int = 5) -> list[int]:
@@ -179,9 +179,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, cfg: FDViTConfig, drop_path: float):
         super().__init__()
-        self.norm1 = LayerNorm(dim, eps=1e-6)
+        self.norm1 = SwitchableLayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, cfg)
-        self.norm2 = LayerNorm(dim, eps=1e-6)
+        self.norm2 = SwitchableLayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.dropout)
         self.drop_path = DropPath(drop_path)
 
@@ -202,7 +202,7 @@ class FDLayer(nn.Module):
     def __init__(self, cin: int, cout: int, out_side: int):
         super().__init__()
         self.out_side = out_side
-        self.ln = LayerNorm(cin, eps=1e-5)  # the official nn.LayerNorm(in_feature): PyTorch's default eps
+        self.ln = SwitchableLayerNorm(cin, eps=1e-5)  # the official nn.LayerNorm(in_feature): PyTorch's default eps
         self.conv = nn.Conv2d(cin, cout, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor, side: int) -> torch.Tensor:
@@ -300,7 +300,7 @@ class FDViT(nn.Module):
             stages.append(Stage(cfg, s, [cfg.drop_path * i / total for i in range(start, start + n)]))
             start += n
         self.stages = nn.ModuleList(stages)
-        self.norm = LayerNorm(widths[-1], eps=1e-6)
+        self.norm = SwitchableLayerNorm(widths[-1], eps=1e-6)
         self.head = nn.Linear(widths[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.preprocess = None  # set by create_model / load_pretrained: how the weights expect images
         self.reset_parameters()
@@ -390,7 +390,7 @@ class FDViT(nn.Module):
             raise ValueError(f"kernels={mode!r}; expected one of {KERNELS}")
         self.cfg.kernels = mode
         for m in self.modules():
-            if isinstance(m, (LayerNorm, Attention)):
+            if isinstance(m, (SwitchableLayerNorm, Attention)):
                 m.kernels = mode
         return self
 

@@ -41,7 +41,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from tinyvit.errors import TinyvitError
-from tinyvit.vit import Block, LayerNorm, ViTConfig, VisionTransformer
+from tinyvit.vit import Block, SwitchableLayerNorm, ViTConfig, VisionTransformer
 
 # The file that marks a run directory of tinyvit.pretrain: its model is an encoder to fine-tune.
 PRETRAIN_FILE = "pretrain.json"
@@ -178,7 +178,7 @@ class MaskedAutoencoder(nn.Module):
         table = F.pad(mae_sincos_2d(cfg.grid_size, decoder_dim), (0, 0, prefix, 0))  # zero row for the class token
         self.register_buffer("decoder_pos_embed", table[None], persistent=False)
         self.decoder_blocks = nn.Sequential(*[Block(dec) for _ in range(decoder_depth)])
-        self.decoder_norm = LayerNorm(decoder_dim, eps=cfg.norm_eps)
+        self.decoder_norm = SwitchableLayerNorm(decoder_dim, eps=cfg.norm_eps)
         self.decoder_pred = nn.Linear(decoder_dim, cfg.patch_size**2 * cfg.in_channels)
         self.initialize_weights()
 

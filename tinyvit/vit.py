@@ -15,21 +15,19 @@ F.scaled_dot_product_attention and F.layer_norm elsewhere, the plain formulas on
 `ViTConfig.kernels` chooses.
 
 With class-token pooling the classifier reads token 0 of the final norm (DeiT distilled: tokens 0
-and 1), so `forward` runs the last block for those tokens only: they attend to the keys and values
-of every token, but queries, attention output, projection, norm2, the MLP and the final norm are
-computed for the prefix tokens alone. It is the same arithmetic, not an approximation; at ViT-B/16
-the last block costs about 6x fewer FLOPs (tinyvit/flops.py). `forward_features` still returns
-every token.
+and 1), so `forward` runs the last block for those tokens only (`run_last_block`): they attend to
+the keys and values of every token, but queries, attention output, projection, norm2, the MLP and
+the final norm are computed for the prefix tokens alone. It is the same arithmetic, not an
+approximation; at ViT-B/16 the last block costs about 6x fewer FLOPs (tinyvit/flops.py).
+`forward_features` still returns every token.
 
-Why one file of ~800 lines (the library's longest): it is one model read top to bottom, the config
-and its checks, the modules, then VisionTransformer with the switches and timm's feature interface
-its users reach for. Splitting those off would send the reader between files for one model.
+The settings and the rules they must meet are `ViTConfig` in tinyvit/vit_config.py. This file is
+the model, read top to bottom: the modules, then VisionTransformer with the switches and timm's
+feature interface its users reach for.
 """
 from __future__ import annotations
 
 import math
-import numbers
-from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
@@ -38,136 +36,15 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tinyvit.checks import check_input_dtype, check_int, is_int, take_indices
+from tinyvit.checks import check_input_dtype, is_int, take_indices
 from tinyvit.kernels import attention, layer_norm
-from tinyvit.locality import ConvStem, ShiftedPatchTokenization, check_conv_stem
+from tinyvit.locality import ConvStem, ShiftedPatchTokenization
 from tinyvit.token_learner import TokenLearner
+from tinyvit.vit_config import KERNELS, ViTConfig
 
 
-KERNELS = ("auto", "triton", "torch", "reference")
 POOLS = {"token": "cls", "avg": "mean", "": "none"}  # timm's global_pool -> ViTConfig.pool
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "dist_token")  # timm's no_weight_decay(), less reg_token
-
-
-@dataclass
-class ViTConfig:
-    image_size: int = 224
-    patch_size: int = 16
-    in_channels: int = 3
-    num_classes: int = 1000  # 0: no head, forward returns the pooled features
-    dim: int = 768  # token width D
-    depth: int = 12  # number of blocks L
-    num_heads: int = 12  # H; head width is dim // num_heads
-    mlp_dim: int = 3072  # hidden width of the MLP (4 * dim in every official preset)
-    qkv_bias: bool = True
-    patch_embed: str = "conv"  # "conv" (strided Conv2d) or "linear" (Linear over flattened patches)
-    # ... or a small-data embedding (tinyvit/locality.py): "spt" (Shifted Patch Tokenization, Lee et al.
-    # 2021) or "conv_stem" (3x3 stride-2 convs with BatchNorm and ReLU, then a 1x1 conv; Xiao et al. 2021)
-    pos_embed: str = "learned"  # "learned" or "sincos" (fixed 2-D sin-cos, not a parameter)
-    class_token: bool = True
-    # "cls" (the class token), "mean" (mean of the patch tokens) or "none" (no pooling: forward_head
-    # returns every token, timm's global_pool=''; for feature extraction, set by reset_classifier)
-    pool: str = "cls"
-    # Where the final LayerNorm sits. False: normalise every token, then pool (the paper, big_vision).
-    # True: pool, then normalise the pooled vector (timm's `fc_norm`, global_pool='avg', as MAE's
-    # fine-tuning does); `norm` is then the identity and the LayerNorm is `fc_norm`, as in timm.
-    fc_norm: bool = False
-    distilled: bool = False  # DeiT: a distillation token and a second head
-    pre_logits: Optional[int] = None  # Google in21k files: Linear(dim, pre_logits) + tanh before the head
-    # Every official ViT trained with 1e-6 (the flax default). HF config.json files say 1e-12; the
-    # converter honours it for HF files so logits equal transformers' (norm_eps=1e-6 matches timm).
-    norm_eps: float = 1e-6
-    act: str = "gelu"  # "gelu" (exact erf, as timm/torchvision/HF) or "gelu_tanh" (as the original JAX)
-    dropout: float = 0.0  # after the position embedding, in the MLP and after the attention projection
-    attn_dropout: float = 0.0  # on the attention probabilities (forces the PyTorch attention path)
-    drop_path: float = 0.0  # stochastic depth, linearly increasing to this rate in the last block
-    # "auto": Triton kernels on CUDA, PyTorch's fused ops elsewhere; "triton": always; "torch": never;
-    # "reference": the plain formulas of tinyvit.kernels (slow, for reading and testing)
-    kernels: str = "auto"
-    # TokenLearner v1.1 (tinyvit/token_learner.py): after block token_learner_at (None: the middle one,
-    # depth // 2 - 1) the patch tokens become token_learner_tokens learned ones; 0 turns it off.
-    token_learner_tokens: int = 0
-    token_learner_at: Optional[int] = None
-    # Locality Self-Attention (Lee et al. 2021): learnable temperature per head, no attention to oneself
-    lsa: bool = False
-
-    def __post_init__(self):
-        # Sizes first, by field name: a zero patch would divide by zero below, a zero image size or
-        # a negative class count would build a model that silently has no patches or no head.
-        for name in ("patch_size", "image_size", "in_channels", "dim", "depth", "num_heads", "mlp_dim"):
-            check_int(self, name, minimum=1)
-        check_int(self, "num_classes", minimum=0)
-        if self.pre_logits is not None:
-            check_int(self, "pre_logits", minimum=1)
-        if self.image_size < self.patch_size:
-            raise ValueError(
-                f"ViTConfig.image_size={self.image_size} is smaller than one patch (patch_size={self.patch_size})"
-            )
-        for name in ("dropout", "attn_dropout", "drop_path"):
-            p = getattr(self, name)
-            if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p < 1.0:
-                raise ValueError(f"ViTConfig.{name}={p!r}; expected a probability in [0, 1)")
-        if not isinstance(self.norm_eps, numbers.Real) or not self.norm_eps > 0:
-            raise ValueError(f"ViTConfig.norm_eps={self.norm_eps!r}; expected a positive number")
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
-            )
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
-        for field, allowed in [
-            ("patch_embed", ("conv", "linear", "spt", "conv_stem")),
-            ("pos_embed", ("learned", "sincos")),
-            ("pool", ("cls", "mean", "none")),
-            ("act", ("gelu", "gelu_tanh")),
-            ("kernels", KERNELS),
-        ]:
-            if getattr(self, field) not in allowed:
-                raise ValueError(f"ViTConfig.{field}={getattr(self, field)!r}; expected one of {allowed}")
-        if self.patch_embed == "spt" and self.patch_size < 2:
-            raise ValueError("patch_embed='spt' shifts by half a patch: patch_size must be at least 2")
-        if self.patch_embed == "conv_stem":
-            check_conv_stem(self.dim, self.patch_size)
-        if not isinstance(self.lsa, bool):
-            raise ValueError(f"ViTConfig.lsa={self.lsa!r}; expected True or False")
-        if self.pool == "cls" and not self.class_token:
-            raise ValueError("pool='cls' needs class_token=True; use pool='mean' without a class token")
-        if self.distilled and not self.class_token:
-            raise ValueError("distilled=True (DeiT) needs class_token=True")
-        if self.fc_norm and self.distilled:
-            raise ValueError("fc_norm=True with distilled=True: the DeiT heads read the normalised tokens")
-        if self.pos_embed == "sincos" and self.dim % 4:
-            raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got dim={self.dim}")
-        if self.token_learner_tokens < 0 or (self.token_learner_tokens and not 0 <= self.token_learner_block < self.depth):
-            raise ValueError(
-                f"ViTConfig.token_learner_tokens={self.token_learner_tokens}, token_learner_at="
-                f"{self.token_learner_at}: expected tokens >= 0 and a block index in 0..{self.depth - 1}"
-            )
-        # Checked whenever given, even with TokenLearner off: a wrong index is a mistake either way.
-        if self.token_learner_at is not None and not (is_int(self.token_learner_at) and 0 <= self.token_learner_at < self.depth):
-            raise ValueError(f"ViTConfig.token_learner_at={self.token_learner_at!r}; expected a block index in 0..{self.depth - 1}")
-        if self.token_learner_tokens >= self.grid_size ** 2:
-            raise ValueError(
-                f"ViTConfig.token_learner_tokens={self.token_learner_tokens}: not fewer than the {self.grid_size ** 2} patch "
-                f"tokens of a {self.grid_size}x{self.grid_size} grid, so TokenLearner would reduce nothing; use fewer "
-                f"(the paper learns 8), or 0 for none"
-            )
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def token_learner_block(self) -> int:
-        """The block after which TokenLearner reduces the tokens (meaningful when it is on)."""
-        return self.depth // 2 - 1 if self.token_learner_at is None else self.token_learner_at
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return int(self.class_token) + int(self.distilled)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _backend(x: torch.Tensor, kernels: str) -> str:
@@ -280,8 +157,10 @@ def resample_pos_embed(
 # ---------------------------------------------------------------------------------------------
 
 
-class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same parameters, same state-dict names) computed by tinyvit.kernels."""
+class SwitchableLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters, same state-dict names) whose implementation `set_kernels` switches:
+    the Triton kernel, PyTorch's F.layer_norm or the reference, chosen per call from `kernels` and the
+    tensor's device (tinyvit.kernels.FusedLayerNorm fixes one backend instead)."""
 
     kernels: str = "auto"
 
@@ -302,45 +181,44 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.proj_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: Optional[int] = None,
-                attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
-        """x [b, n, d] -> [b, n, d]; with num_queries = m, only the first m tokens ask: -> [b, m, d].
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        """x [b, n, d] -> [b, n, d].
 
         attn_mask (boolean, True = attend, or additive, broadcastable to [b, h, n, n]) and is_causal
         are timm's and F.scaled_dot_product_attention's; with either, PyTorch's attention runs.
         """
-        if num_queries is None:
-            qkv = self.qkv(x)  # [b, n, 3 d]
-            # Views into qkv, no copy: the fused kernel reads them through their strides.
-            q, k, v = rearrange(qkv, "b n (three h dh) -> three b h n dh", three=3, h=self.num_heads)
-        else:
-            # The rows [q; k; v] of the one qkv weight, used apart: keys and values for every token,
-            # queries for the first m only. Slices of the parameter, so gradients reach qkv as usual.
-            d = x.shape[-1]
-            w, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, :num_queries], w[:d], None if bias is None else bias[:d])  # [b, m, d]
-            kv = F.linear(x, w[d:], None if bias is None else bias[d:])  # [b, n, 2 d]
-            q = rearrange(q, "b m (h dh) -> b h m dh", h=self.num_heads)
-            k, v = rearrange(kv, "b n (two h dh) -> two b h n dh", two=2, h=self.num_heads)
-        out, attn = self.attend(q, k, v, return_attention, attn_mask, is_causal)
-        out = self.proj_drop(self.proj(rearrange(out, "b h n dh -> b n (h dh)")))
-        return (out, attn) if return_attention else out
+        q, k, v = self.split_heads(x)
+        return self.merge_heads(self.attend(q, k, v, attn_mask, is_causal))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_attention: bool,
-               attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
-        """softmax(q kᵀ · scale) v [b, h, m, dh], and the probabilities [b, h, m, n] when asked (else None)."""
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """x [b, n, d] -> q, k, v stacked, [3, b, h, n, dh]: views into one qkv product, no copy (the
+        fused kernel reads them through their strides)."""
+        return rearrange(self.qkv(x), "b n (three h dh) -> three b h n dh", three=3, h=self.num_heads)
+
+    def merge_heads(self, heads: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs [b, h, m, dh] -> [b, m, d]: concatenated, then the output projection."""
+        return self.proj_drop(self.proj(rearrange(heads, "b h m dh -> b m (h dh)")))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+        """softmax(q kᵀ · scale) v: queries [b, h, m, dh] over keys and values [b, h, n, dh] -> [b, h, m, dh]."""
         if attn_mask is not None or is_causal:
-            if return_attention:
-                raise ValueError("attention maps with attn_mask or is_causal are not supported")
             dropout = self.attn_drop.p if self.training else 0.0
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
-                                                  dropout_p=dropout), None
-        if return_attention or (self.training and self.attn_drop.p > 0):
-            # The explicit path: a fused kernel never materialises the n x n probabilities, so
-            # attention maps (and dropout on them) need the plain computation.
-            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # [b, h, m or n, n]
-            return self.attn_drop(attn) @ v, attn
-        return attention(q, k, v, scale=self.scale, backend=_backend(q, self.kernels)), None
+                                                  dropout_p=dropout)
+        if self.training and self.attn_drop.p > 0:
+            # Dropout on the probabilities needs them: a fused kernel never materialises the n x n matrix.
+            return self.attn_drop(self.probabilities(q, k)) @ v
+        return attention(q, k, v, scale=self.scale, backend=_backend(q, self.kernels))
+
+    def probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """softmax(q kᵀ · scale), [b, h, m, n], computed explicitly."""
+        return ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """x [b, n, d] -> the attention probabilities [b, h, n, n] (what the fused path never writes out)."""
+        q, k, _ = self.split_heads(x)
+        return self.probabilities(q, k)
 
 
 class LocalitySelfAttention(Attention):
@@ -354,14 +232,16 @@ class LocalitySelfAttention(Attention):
         super().__init__(cfg)
         self.scale = nn.Parameter(torch.full((cfg.num_heads,), (cfg.dim // cfg.num_heads) ** -0.5))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_attention: bool,
-               attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise ValueError("lsa=True masks each token's own score; attn_mask and is_causal are not supported with it")
+        return self.attn_drop(self.probabilities(q, k)) @ v
+
+    def probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         s = (q @ k.transpose(-2, -1)) * rearrange(self.scale, "h -> h 1 1")  # [b, h, m, n]
         self_score = torch.eye(s.shape[-2], s.shape[-1], dtype=torch.bool, device=s.device)  # query i is token i
-        attn = s.masked_fill(self_score, torch.finfo(s.dtype).min).softmax(dim=-1)
-        return self.attn_drop(attn) @ v, (attn if return_attention else None)
+        return s.masked_fill(self_score, torch.finfo(s.dtype).min).softmax(dim=-1)
 
 
 class Mlp(nn.Module):
@@ -395,38 +275,21 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
+    """The paper's eq. 2-3: pre-norm multi-head self-attention, then the MLP, each with a residual."""
+
     def __init__(self, cfg: ViTConfig, drop_path: float = 0.0):
         super().__init__()
-        self.norm1 = LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm1 = SwitchableLayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.attn = LocalitySelfAttention(cfg) if cfg.lsa else Attention(cfg)
-        self.norm2 = LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm2 = SwitchableLayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
         self.drop_path = DropPath(drop_path)
-        self.token_learner = None  # a TokenLearner closing this block; set by VisionTransformer
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: Optional[int] = None,
-                attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
-        """x [b, n, d] -> [b, n, d]. num_queries = m: only the first m tokens come out, [b, m, d].
-        attn_mask, is_causal: as Attention.forward (timm's Block takes them too).
-
-        Every token is still a key and a value for them; what is per-token after the attention
-        (residual, norm2, MLP) runs for those m alone. The model uses it in its last block, whose
-        other tokens no classifier reads.
-        """
-        if return_attention:
-            a, attn = self.attn(self.norm1(x), return_attention=True)
-            x = x + self.drop_path(a)
-            return self.reduce(x + self.drop_path(self.mlp(self.norm2(x)))), attn
-        if num_queries is not None:
-            # (a token learner after the last block would read every token: the model never asks)
-            a = self.attn(self.norm1(x), num_queries=num_queries)  # [b, m, d]
-            x = x[:, :num_queries] + self.drop_path(a)
-            return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        """x [b, n, d] -> [b, n, d]. attn_mask, is_causal: as Attention.forward (timm's Block takes them too)."""
         x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal))
-        return self.reduce(x + self.drop_path(self.mlp(self.norm2(x))))
-
-    def reduce(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.token_learner is None else self.token_learner(x)  # [b, p + n, d] -> [b, p + s, d]
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,14 +324,16 @@ class VisionTransformer(nn.Module):
         # Stochastic depth rising linearly from 0 in the first block to drop_path in the last (DeiT).
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*[Block(cfg, drop_path=r) for r in rates])
-        if cfg.token_learner_tokens:
-            # Part of the block it follows, so everything that walks the blocks (freezing, feature
-            # caching, attention maps) sees the reduction in its place: blocks.{at}.token_learner.*
-            self.blocks[cfg.token_learner_block].token_learner = TokenLearner(
+        # TokenLearner: its own module, which run_blocks runs after block token_learner_at. It is
+        # registered under that block (blocks.{k}.token_learner.*) because what counts by block counts
+        # it with the block it follows: a frozen prefix, layer-wise lr decay, the checkpoint keys.
+        self.token_learner_at = cfg.token_learner_block if cfg.token_learner_tokens else None
+        if self.token_learner_at is not None:
+            self.blocks[self.token_learner_at].add_module("token_learner", TokenLearner(
                 d, cfg.token_learner_tokens, self.num_prefix_tokens, eps=cfg.norm_eps, dropout=cfg.dropout
-            )
-        self.norm = nn.Identity() if cfg.fc_norm else LayerNorm(d, eps=cfg.norm_eps)
-        self.fc_norm = LayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else None
+            ))
+        self.norm = nn.Identity() if cfg.fc_norm else SwitchableLayerNorm(d, eps=cfg.norm_eps)
+        self.fc_norm = SwitchableLayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else None
 
         width = cfg.pre_logits or d
         self.pre_logits = nn.Linear(d, cfg.pre_logits) if cfg.pre_logits else None
@@ -531,13 +396,21 @@ class VisionTransformer(nn.Module):
         x = torch.cat(prefix + [x], dim=1)  # [b, prefix + gh*gw, d]: [cls, dist, patches]
         return self.pos_drop(x + self.pos_embed.to(x.dtype))
 
+    @property
+    def token_learner(self) -> Optional[TokenLearner]:
+        """The TokenLearner that follows block token_learner_at, or None."""
+        return None if self.token_learner_at is None else self.blocks[self.token_learner_at].token_learner
+
     def run_blocks(self, x: torch.Tensor, start: int = 0, stop: Optional[int] = None,
                    attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
-        """Tokens through blocks[start:stop], every token kept. With set_grad_checkpointing, in training
-        with autograd on, each block's activations are recomputed in the backward instead of stored.
-        attn_mask / is_causal: passed to every block's attention (timm's arguments)."""
-        for blk in self.blocks[start:stop]:
-            x = self._block(blk, x, attn_mask, is_causal)
+        """Tokens through blocks[start:stop], every token kept, and through the TokenLearner if it follows
+        one of them. With set_grad_checkpointing, in training with autograd on, each block's activations
+        are recomputed in the backward instead of stored. attn_mask / is_causal: passed to every block's
+        attention (timm's arguments)."""
+        for i in range(len(self.blocks))[start:stop]:
+            x = self._block(self.blocks[i], x, attn_mask, is_causal)
+            if i == self.token_learner_at:
+                x = self.token_learner(x)  # [b, p + n, d] -> [b, p + s, d]
         return x
 
     def _block(self, blk: "Block", x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
@@ -548,8 +421,8 @@ class VisionTransformer(nn.Module):
     @property
     def head_tokens(self) -> Optional[int]:
         """How many leading tokens of the final norm the head reads (class, distillation), or None
-        when it reads every token (mean pooling, or a token learner closing the last block)."""
-        if self.cfg.pool != "cls" or self.blocks[-1].token_learner is not None:
+        when it reads every token (mean pooling, or a TokenLearner after the last block)."""
+        if self.cfg.pool != "cls" or self.token_learner_at == len(self.blocks) - 1:
             return None
         return self.num_prefix_tokens
 
@@ -557,14 +430,33 @@ class VisionTransformer(nn.Module):
         """Tokens entering blocks[start] [b, n, d] -> the normalised tokens the head reads.
 
         With class-token pooling that is [b, head_tokens, d]: the last block runs for those queries
-        only (Block.forward, num_queries). The same numbers as forward_features(x)[:, :head_tokens]
-        within fp32 rounding, gradients included. start = depth: x is already the last block's output.
+        only (run_last_block). The same numbers as forward_features(x)[:, :head_tokens] within fp32
+        rounding, gradients included. start = depth: x is already the last block's output.
         """
-        depth = len(self.blocks)
-        if start >= depth:
-            return self.norm(x)
-        x = self.run_blocks(x, start, depth - 1)
-        return self.norm(self.blocks[-1](x, num_queries=self.head_tokens))
+        m, last = self.head_tokens, len(self.blocks) - 1
+        if m is None or start > last:
+            return self.norm(self.run_blocks(x, start))
+        return self.norm(self.run_last_block(self.run_blocks(x, start, last), m))
+
+    def run_last_block(self, x: torch.Tensor, num_queries: int) -> torch.Tensor:
+        """blocks[-1] for the first m = num_queries tokens only: x [b, n, d] -> [b, m, d].
+
+        Every token is still a key and a value for them; the queries, and what is per token after the
+        attention (residual, norm2, MLP), are computed for those m alone: the model's last block, whose
+        other tokens no classifier reads. The same arithmetic as blocks[-1](x)[:, :m], not an approximation.
+        """
+        blk, m = self.blocks[-1], num_queries
+        attn, h, d = blk.attn, blk.norm1(x), x.shape[-1]
+        # The rows [q; k; v] of the one qkv weight, used apart: keys and values for every token, queries
+        # for the first m only. Slices of the parameter, so gradients reach qkv as usual.
+        w, bias = attn.qkv.weight, attn.qkv.bias
+        q = F.linear(h[:, :m], w[:d], None if bias is None else bias[:d])  # [b, m, d]
+        kv = F.linear(h, w[d:], None if bias is None else bias[d:])  # [b, n, 2 d]
+        q = rearrange(q, "b m (h dh) -> b h m dh", h=attn.num_heads)
+        k, v = rearrange(kv, "b n (two h dh) -> two b h n dh", two=2, h=attn.num_heads)
+        x = x[:, :m] + blk.drop_path(attn.merge_heads(attn.attend(q, k, v)))
+        x = x + blk.drop_path(blk.mlp(blk.norm2(x)))
+        return x
 
     def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                          is_causal: bool = False) -> torch.Tensor:
@@ -608,13 +500,13 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Attention probabilities of every block, a list of [b, h, n, n] (computed explicitly);
-        with TokenLearner, n = prefix + S in the blocks after it."""
+        """Attention probabilities of every block, a list of [b, h, n, n] (Attention.attention_map,
+        computed explicitly); with TokenLearner, n = prefix + S in the blocks after it."""
         x = self.embed(x)
         maps = []
-        for blk in self.blocks:
-            x, attn = blk(x, return_attention=True)
-            maps.append(attn)
+        for i, blk in enumerate(self.blocks):
+            maps.append(blk.attn.attention_map(blk.norm1(x)))
+            x = self.run_blocks(x, i, i + 1)
         return maps
 
     # -- switches -----------------------------------------------------------------------------
@@ -626,7 +518,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"kernels={mode!r}; expected 'auto', 'triton', 'torch' or 'reference'")
         self.cfg.kernels = mode
         for m in self.modules():
-            if isinstance(m, (LayerNorm, Attention)):
+            if isinstance(m, (SwitchableLayerNorm, Attention)):
                 m.kernels = mode
         return self
 
@@ -818,10 +710,9 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'")
         take = take_indices(len(self.blocks), indices)
         x = self.embed(x)
-        blocks = self.blocks[: max(take) + 1] if stop_early else self.blocks
         intermediates = []
-        for i, blk in enumerate(blocks):
-            x = self._block(blk, x, attn_mask, is_causal)
+        for i in range(max(take) + 1 if stop_early else len(self.blocks)):
+            x = self.run_blocks(x, i, i + 1, attn_mask, is_causal)
             if i in take:
                 intermediates.append(self.norm(x) if norm else x)
         p = self.num_prefix_tokens
@@ -871,7 +762,7 @@ class VisionTransformer(nn.Module):
         last block has run for the head's tokens only, [b, head_tokens, d] (what forward_suffix reads)."""
         x = self.embed(x)
         if k == len(self.blocks) and self.head_tokens is not None:
-            return self.blocks[-1](self.run_blocks(x, 0, k - 1), num_queries=self.head_tokens)
+            return self.run_last_block(self.run_blocks(x, 0, k - 1), self.head_tokens)
         return self.run_blocks(x, 0, k)
 
     def forward_suffix(self, x: torch.Tensor, k: int) -> torch.Tensor:

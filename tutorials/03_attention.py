@@ -93,13 +93,14 @@ with torch.no_grad():
     heads = p_hand @ v  # [b, h, n, dh]
     y_hand = rearrange(heads, "b h n dh -> b n (h dh)") @ attn.proj.weight.T + attn.proj.bias
 
-    y_module, p_module = attn(x, return_attention=True)  # the explicit path, returns P too
+    p_module = attn.attention_map(x)  # the explicit path: P itself, [b, h, n, n]
+    y_module = attn.merge_heads(p_module @ v)  # P V, the heads concatenated and projected
     y_kernel = attn(x)  # the default path: tinyvit.kernels.attention (the reference on CPU)
     y_dispatch = attention(q, k, v, scale=dh**-0.5)
-print(f"max |by hand - Attention(x)|                  = {(y_hand - y_kernel).abs().max():.1e}")
-print(f"max |by hand - Attention(x, return_attention)| = {(y_hand - y_module).abs().max():.1e}")
-print(f"max |P by hand - P from the module|            = {(p_hand - p_module).abs().max():.1e}")
-print(f"max |heads by hand - tinyvit.kernels.attention| = {(heads - y_dispatch).abs().max():.1e}")
+print(f"max |by hand - Attention(x)|                       = {(y_hand - y_kernel).abs().max():.1e}")
+print(f"max |by hand - merge_heads(attention_map(x) V)|    = {(y_hand - y_module).abs().max():.1e}")
+print(f"max |P by hand - P from the module|                = {(p_hand - p_module).abs().max():.1e}")
+print(f"max |heads by hand - tinyvit.kernels.attention|    = {(heads - y_dispatch).abs().max():.1e}")
 assert torch.allclose(y_hand, y_kernel, atol=1e-5) and torch.allclose(p_hand, p_module, atol=1e-6)
 assert torch.allclose(heads, y_dispatch, atol=1e-5)
 

@@ -71,8 +71,8 @@ print(f"{cfg.grid_size}x{cfg.grid_size} patches + class token = {cfg.grid_size**
 # %% [markdown]
 # ## Attention maps
 #
-# `attention_maps(x)` runs the model block by block with `return_attention=True`, which takes
-# the explicit path `softmax(Q Kᵀ/√d)` and returns `P`. A fused kernel (tutorial 6) never
+# `attention_maps(x)` runs the model block by block and asks each block's attention for its
+# `attention_map`, the explicit `softmax(Q Kᵀ/√d)`, that is `P`. A fused kernel (tutorial 6) never
 # writes `P` to memory, so it cannot return it; this is why timm, Hugging Face and PyTorch's
 # SDPA return no attention weights on their fast paths (pytorch/pytorch#98505,
 # huggingface/transformers#30978, jacobgil/vit-explain#23).

@@ -75,10 +75,10 @@ assert torch.equal(out[:, :1], prefix)  # the class token passes through untouch
 #
 # ## In the ViT
 #
-# `ViTConfig(token_learner_tokens=S, token_learner_at=i)` attaches the module to the end of block
-# `i` (default: the middle block, `depth // 2 - 1`), under `blocks.{i}.token_learner.*` in the
-# state dict. Everything that walks the blocks (freezing, feature caching, attention maps) sees
-# the reduction in its place:
+# `ViTConfig(token_learner_tokens=S, token_learner_at=i)` places the module after block `i`
+# (default: the middle block, `depth // 2 - 1`): `run_blocks` runs it there, and its weights are
+# named with that block, `blocks.{i}.token_learner.*` in the state dict, so freezing and feature
+# caching count it with the block it follows. Attention maps see the reduction in its place:
 
 # %%
 cfg = ViTConfig(image_size=32, patch_size=4, dim=64, depth=4, num_heads=4, mlp_dim=128, num_classes=10,

@@ -16,7 +16,7 @@ fused ops then serve backend="auto").
 """
 from ._dispatch import HAS_TRITON, INTERPRETER
 from .attention import AttentionFunction, FusedAttention, attention, attention_reference
-from .layernorm import LayerNorm, LayerNormFunction, layer_norm, layer_norm_reference
+from .layernorm import FusedLayerNorm, LayerNormFunction, layer_norm, layer_norm_reference
 
 __all__ = [
     "HAS_TRITON",
@@ -28,5 +28,5 @@ __all__ = [
     "layer_norm",
     "layer_norm_reference",
     "LayerNormFunction",
-    "LayerNorm",
+    "FusedLayerNorm",
 ]

@@ -290,8 +290,9 @@ def layer_norm(x: Tensor, weight, bias, eps: float = 1e-6, backend: str = "auto"
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)  # fp32 statistics inside for 16-bit x too
 
 
-class LayerNorm(nn.Module):
-    """A drop-in for nn.LayerNorm(dim, eps) (parameters `weight`, `bias`), computed by `layer_norm`."""
+class FusedLayerNorm(nn.Module):
+    """A drop-in for nn.LayerNorm(dim, eps) (parameters `weight`, `bias`), computed by `layer_norm` with
+    one fixed backend (as FusedAttention is for `attention`)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, backend: str = "auto"):
         super().__init__()
