@@ -310,3 +310,25 @@ def test_resnet_layer_decay_and_decay_groups_match_timm(caplog):
         theirs = _groups(create_optimizer_v2(ref, "adamw", weight_decay=0.05, layer_decay=0.75), ref)
     assert "no effect" not in caplog.text
     assert sorted((sorted(n), wd, s) for n, wd, s in ours) == sorted((sorted(n), wd, s) for n, wd, s in theirs)
+
+
+def test_fdvit_layer_decay_groups_each_stage(caplog):
+    """timm's optimizer factory reads FDViT's group_matcher: the embedding first, one scale per
+    stage, the final norm with the last stage (as timm's ViT puts it with the last block), the head
+    at full lr, and every parameter in exactly one group."""
+    from timm.optim import create_optimizer_v2
+
+    import tinyvit
+
+    model = tinyvit.create_model("fdvit_ti", num_classes=10)
+    with caplog.at_level(logging.WARNING):
+        groups = _groups(create_optimizer_v2(model, "adamw", weight_decay=0.05, layer_decay=0.5), model)
+    assert "no effect" not in caplog.text
+    names = [n for ns, _, _ in groups for n in ns]
+    assert sorted(names) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    scale = {n: s for ns, _, s in groups for n in ns}
+    stages = len(model.stages)
+    assert scale["patch_embed.conv.weight"] == pytest.approx(0.5 ** (stages + 1))
+    for i in range(stages):
+        assert scale[f"stages.{i}.blocks.0.attn.qkv.weight"] == pytest.approx(0.5 ** (stages - i))
+    assert scale["norm.weight"] == scale[f"stages.{stages - 1}.blocks.0.attn.qkv.weight"] and scale["head.weight"] == 1.0

@@ -524,6 +524,49 @@ def _check_range(codes_of, split, name: str, column: str, n: int, where: str) ->
                            f"{bad.size} such rows), outside the {n} classes 0..{n - 1} of 'train'{note}")
 
 
+def _hf_classes(hf, train, val, val_name: str, label_column: str, where: str):
+    """(classes, train codes, val codes, notes) from the label column's feature (hugging_face's
+    docstring has the rules); a codes dict maps a stored label to its class index, None: as stored."""
+    notes = []
+    feature, val_feature = train.features[label_column], val.features[label_column]
+    train_codes = val_codes = None
+    if isinstance(feature, hf.ClassLabel):
+        classes = list(feature.names)
+        if isinstance(val_feature, hf.ClassLabel) and list(val_feature.names) != classes:
+            extra = [c for c in val_feature.names if c not in classes]
+            if extra:
+                raise DatasetError(f"{where}: the {val_name!r} split's classes {extra} do not exist in 'train' "
+                                   f"(classes: {', '.join(classes)})")
+            index = {c: i for i, c in enumerate(classes)}
+            val_codes = {j: index[c] for j, c in enumerate(val_feature.names)}
+            val_codes[-1] = -1  # unlabelled stays out of range, refused below
+            notes.append(f"{where}: the {val_name!r} split lists the classes in another order; its labels "
+                         f"are remapped by name to train's")
+    elif isinstance(feature, hf.Value) and feature.dtype in ("string", "large_string"):
+        classes = sorted(set(_labels(train, label_column)))
+        train_codes = {c: i for i, c in enumerate(classes)}
+        if isinstance(val_feature, hf.ClassLabel):
+            val_labels = list(val_feature.names)
+            val_codes = {j: train_codes.get(c, -2) for j, c in enumerate(val_labels)}
+            val_codes[-1] = -1
+        else:
+            val_labels = sorted(set(_labels(val, label_column)))
+            val_codes = dict(train_codes)
+        unknown = [c for c in val_labels if c not in train_codes]
+        if unknown:
+            raise DatasetError(f"{where}: the {val_name!r} split has labels {unknown[:10]} in column "
+                               f"{label_column!r} that 'train' lacks (classes: {', '.join(map(str, classes[:20]))})")
+        shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
+        notes.append(f"{where}: string labels in column {label_column!r}, class-encoded in sorted order: {shown}")
+    elif isinstance(feature, hf.Value) and feature.dtype.startswith(("int", "uint")):
+        top = max(_labels(train, label_column))
+        classes = [str(c) for c in range(max(int(top), 0) + 1)]
+    else:
+        raise DatasetError(f"{where}: the label column {label_column!r} holds {feature!r}; expected a ClassLabel, "
+                           f"integers or strings")
+    return classes, train_codes, val_codes, notes
+
+
 def hugging_face(source: str, cache_dir: Optional[Path] = None):
     """`hf:NAME_OR_PATH`: a local folder (load_from_disk, else load_dataset(path): parquet files in
     the hub's layout, an imagefolder ...) or a hub name (load_dataset, into the Hugging Face cache).
@@ -562,43 +605,7 @@ def hugging_face(source: str, cache_dir: Optional[Path] = None):
         raise DatasetError(f"{where}: the {val_name!r} split has no {', '.join(missing)} column")
     scales = [_image_check(hf, split, name, image_column, where) for name, split in (("train", train), (val_name, val))]
 
-    notes = []
-    feature, val_feature = train.features[label_column], val.features[label_column]
-    train_codes = val_codes = None
-    if isinstance(feature, hf.ClassLabel):
-        classes = list(feature.names)
-        if isinstance(val_feature, hf.ClassLabel) and list(val_feature.names) != classes:
-            extra = [c for c in val_feature.names if c not in classes]
-            if extra:
-                raise DatasetError(f"{where}: the {val_name!r} split's classes {extra} do not exist in 'train' "
-                                   f"(classes: {', '.join(classes)})")
-            index = {c: i for i, c in enumerate(classes)}
-            val_codes = {j: index[c] for j, c in enumerate(val_feature.names)}
-            val_codes[-1] = -1  # unlabelled stays out of range, refused below
-            notes.append(f"{where}: the {val_name!r} split lists the classes in another order; its labels "
-                         f"are remapped by name to train's")
-    elif isinstance(feature, hf.Value) and feature.dtype in ("string", "large_string"):
-        classes = sorted(set(_labels(train, label_column)))
-        train_codes = {c: i for i, c in enumerate(classes)}
-        if isinstance(val_feature, hf.ClassLabel):
-            val_labels = list(val_feature.names)
-            val_codes = {j: train_codes.get(c, -2) for j, c in enumerate(val_labels)}
-            val_codes[-1] = -1
-        else:
-            val_labels = sorted(set(_labels(val, label_column)))
-            val_codes = dict(train_codes)
-        unknown = [c for c in val_labels if c not in train_codes]
-        if unknown:
-            raise DatasetError(f"{where}: the {val_name!r} split has labels {unknown[:10]} in column "
-                               f"{label_column!r} that 'train' lacks (classes: {', '.join(map(str, classes[:20]))})")
-        shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
-        notes.append(f"{where}: string labels in column {label_column!r}, class-encoded in sorted order: {shown}")
-    elif isinstance(feature, hf.Value) and feature.dtype.startswith(("int", "uint")):
-        top = max(_labels(train, label_column))
-        classes = [str(c) for c in range(max(int(top), 0) + 1)]
-    else:
-        raise DatasetError(f"{where}: the label column {label_column!r} holds {feature!r}; expected a ClassLabel, "
-                           f"integers or strings")
+    classes, train_codes, val_codes, notes = _hf_classes(hf, train, val, val_name, label_column, where)
     for name, split, codes in (("train", train, train_codes), (val_name, val, val_codes)):
         _check_range((lambda v: v) if codes is None else (lambda v, c=codes: c.get(v, -2) if v is not None else -1),
                      split, name, label_column, len(classes), where)

@@ -413,6 +413,11 @@ class FDViT(nn.Module):
             self.preprocess = self.preprocess.with_image_size(image_size)
         return self
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups for layer-wise lr decay, as timm's PiT (also a ViT in stages) has
+        them: the embedding, then each stage (its blocks and the FD layer after them), then the norm."""
+        return dict(stem=r"^pos_embed|patch_embed", blocks=[(r"^stages\.(\d+)", None), (r"^norm", (99999,))])
+
     def no_weight_decay(self) -> set[str]:
         """timm's call: parameters AdamW leaves undecayed (the position map; norms and biases by shape)."""
         return {"pos_embed"}

@@ -275,13 +275,12 @@ def report(trainer: Trainer, summary: dict) -> None:
                 f"summary.json, curves.png, confusion.png, checkpoint.pt")
 
 
-def main(argv=None) -> int:
-    cfg, given = parse_args(argv)
-    out = cfg.out_dir()
-    run = None
+def set_up(cfg: Config, given: set, out: Path):
+    """Everything that can reject the input, before --out is written to: (cfg, run directory, dist,
+    trainer, resume state, dataset fingerprints). Rank 0 locks --out first: a directory in use or
+    not writable is refused before minutes of set-up, and released again if set-up fails."""
+    run, fingerprints = None, None
     try:
-        # Everything that can reject the input happens before --out is written to. Rank 0 locks it
-        # first: a directory in use or not writable is refused before minutes of set-up.
         if int(os.environ.get("RANK", "0")) == 0:
             run = rundir.RunDir.open(out)
         check_out_dir(out, cfg)
@@ -296,6 +295,7 @@ def main(argv=None) -> int:
             fingerprints = rundir.fingerprints(trainer.splits.train, trainer.splits.val)
             if cfg.resume:
                 run.check_dataset(fingerprints, cfg.allow_data_change, f"--dataset {cfg.dataset} --data-dir {cfg.data_dir}")
+        return cfg, run, dist, trainer, resume_state, fingerprints
     except BaseException as e:
         if run is not None:
             run.abandon()  # unlocked, and --out removed again if this run created it
@@ -307,6 +307,11 @@ def main(argv=None) -> int:
             raise SystemExit(f"tinyvit.finetune: error: {e}") from None
         raise
 
+
+def main(argv=None) -> int:
+    cfg, given = parse_args(argv)
+    out = cfg.out_dir()
+    cfg, run, dist, trainer, resume_state, fingerprints = set_up(cfg, given, out)
     if dist.world > 1:
         torch.distributed.barrier()  # every process has checked --out before rank 0 writes to it
     try:

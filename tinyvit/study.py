@@ -694,70 +694,72 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args, passthrough = build_parser().parse_known_args(argv)
-    passthrough = [a for a in passthrough if a != "--"]
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
-    try:
-        from tinyvit import data, finetune
-        from tinyvit.presets import parse_overrides
+@dataclass
+class Setup:
+    """The study's arguments, checked: what `plan` and the report need."""
+    models: list
+    grid: dict
+    checked: dict  # label -> that model's finetune Config
+    pretrain: dict  # label -> tinyvit.pretrain flags
+    teachers: dict  # student label -> teacher label
+    cfg: object  # the first model's Config: the dataset and the shared flags
+    full: int  # images in the full training split
+    sizes: list
 
-        check_owned(passthrough, "the pass-through flags")
-        if args.jobs < 1:
-            raise StudyError(f"--jobs {args.jobs} must be at least 1")
-        repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
-        if repeated:
-            raise StudyError(f"--seeds {' '.join(map(str, args.seeds))}: seed {repeated[0]} is listed twice "
-                             f"(it would be one run, counted as two seeds)")
-        models = [parse_model(m) for m in args.models]
-        if len({m.label for m in models}) < len(models):
-            raise StudyError("--models: two models share a label; name them LABEL=PRESET ...")
-        grid = parse_grid(args.override)
-        # finetune's own parser checks the pass-through and each model's flags before anything runs.
-        checked = {}
-        for m in models:
-            check_owned(list(m.flags), f"--models {m.label}")
-            try:
-                cfg, _ = finetune.parse_args(["--model", m.preset, *passthrough, *m.flags])
-            except SystemExit:
-                raise StudyError(f"--models {m.label}: finetune rejected its flags (above)") from None
-            for combo in itertools.product(*grid.values()):
-                parse_overrides(list(cfg.override) + [f"{k}={v}" for k, v in zip(grid, combo)], m.preset)
-            checked[m.label] = cfg
-        labels = {m.label for m in models}
-        specs, teachers = {}, {}
-        for item in args.pretrain:
-            label, sep, flags = item.partition("=")
-            if not sep or label not in labels:
-                raise StudyError(f"--pretrain {item!r}: expected LABEL=FLAGS with LABEL one of {', '.join(sorted(labels))}")
-            specs[label] = tuple(shlex.split(flags))
-        for item in args.teacher:
-            label, sep, teacher = item.partition("=")
-            if not sep or label not in labels or teacher not in labels or teacher == label:
-                raise StudyError(f"--teacher {item!r}: expected LABEL=TEACHER, two different labels of --models")
-            teachers[label] = teacher
-        cfg = next(iter(checked.values()))
-        if cfg.limit_train is not None:
-            raise StudyError("--limit-train: the study sets it from --train-sizes")
-        if args.steps is not None and args.steps < 1:
-            raise StudyError(f"--steps {args.steps} must be at least 1")
-        splits = data.load_splits(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, seed=args.data_seed)
-        full = len(splits.train)
-        sizes = sorted({parse_size(s, full) for s in args.train_sizes})
-    except data.DatasetError as e:
-        raise SystemExit(f"tinyvit.study: error: {data.error_message(e)}") from None
-    except TinyvitError as e:  # the user's mistake; anything else is a bug and keeps its traceback
-        raise SystemExit(f"tinyvit.study: error: {e}") from None
 
-    out = Path(args.out)
-    runs = plan(models, sizes, grid, args.seeds, full, cfg.batch_size, args.steps, cfg.epochs,
-                args.same_epochs, args.data_seed, out, passthrough,
-                per_model={label: (c.batch_size, c.epochs) for label, c in checked.items()})
-    try:
-        pretraining = plan_pretraining(models, specs, checked, args.seeds, args.data_seed, out)
-    except TinyvitError as e:
-        raise SystemExit(f"tinyvit.study: error: {e}") from None
+def check_arguments(args, passthrough: list) -> Setup:
+    """Every flag checked, each model's by finetune's own parser, and the dataset read for its size,
+    before anything runs."""
+    from tinyvit import data, finetune
+    from tinyvit.presets import parse_overrides
+
+    check_owned(passthrough, "the pass-through flags")
+    if args.jobs < 1:
+        raise StudyError(f"--jobs {args.jobs} must be at least 1")
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:
+        raise StudyError(f"--seeds {' '.join(map(str, args.seeds))}: seed {repeated[0]} is listed twice "
+                         f"(it would be one run, counted as two seeds)")
+    if args.steps is not None and args.steps < 1:
+        raise StudyError(f"--steps {args.steps} must be at least 1")
+    models = [parse_model(m) for m in args.models]
+    labels = {m.label for m in models}
+    if len(labels) < len(models):
+        raise StudyError("--models: two models share a label; name them LABEL=PRESET ...")
+    grid = parse_grid(args.override)
+    checked = {}
+    for m in models:
+        check_owned(list(m.flags), f"--models {m.label}")
+        try:
+            cfg, _ = finetune.parse_args(["--model", m.preset, *passthrough, *m.flags])
+        except SystemExit:
+            raise StudyError(f"--models {m.label}: finetune rejected its flags (above)") from None
+        for combo in itertools.product(*grid.values()):
+            parse_overrides(list(cfg.override) + [f"{k}={v}" for k, v in zip(grid, combo)], m.preset)
+        checked[m.label] = cfg
+    pretrain, teachers = {}, {}
+    for item in args.pretrain:
+        label, sep, flags = item.partition("=")
+        if not sep or label not in labels:
+            raise StudyError(f"--pretrain {item!r}: expected LABEL=FLAGS with LABEL one of {', '.join(sorted(labels))}")
+        pretrain[label] = tuple(shlex.split(flags))
+    for item in args.teacher:
+        label, sep, teacher = item.partition("=")
+        if not sep or label not in labels or teacher not in labels or teacher == label:
+            raise StudyError(f"--teacher {item!r}: expected LABEL=TEACHER, two different labels of --models")
+        teachers[label] = teacher
+    cfg = next(iter(checked.values()))
+    if cfg.limit_train is not None:
+        raise StudyError("--limit-train: the study sets it from --train-sizes")
+    splits = data.load_splits(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, seed=args.data_seed)
+    full = len(splits.train)
+    sizes = sorted({parse_size(s, full) for s in args.train_sizes})
+    return Setup(models, grid, checked, pretrain, teachers, cfg, full, sizes)
+
+
+def link_levers(runs: list[Run], pretraining: dict, teachers: dict) -> None:
+    """A pretrained model's runs start from their seed's pretraining run; a student distils from the
+    teacher's run on the same images, seed and overrides, and the teachers' runs go first."""
     for run in runs:
         if (run.model.label, run.seed) in pretraining:
             run.pretrain = pretraining[(run.model.label, run.seed)].out
@@ -766,44 +768,65 @@ def main(argv=None) -> int:
             twin = next(r for r in runs if r.model.label == teachers[run.model.label] and r.size == run.size
                         and r.seed == run.seed and r.overrides == run.overrides)
             run.argv += ["--teacher", str(twin.out)]
-    runs.sort(key=lambda r: r.model.label not in set(teachers.values()))  # teachers first (a stable sort)
-    try:
-        check_recorded(runs)  # after the plan is complete: a run already there must have been made by it
-    except StudyError as e:
-        raise SystemExit(f"tinyvit.study: error: {e}") from None
+    runs.sort(key=lambda r: r.model.label not in set(teachers.values()))  # a stable sort
+
+
+def report(runs: list[Run], setup: Setup, args, out: Path, log) -> None:
+    """results.csv, results.md (with the reference lines), the plot, and the table on the console."""
+    rows = gather(runs, setup.full)
+    if not rows:
+        return
+    write_csv(rows, out / "results.csv")
+    table = markdown_table(rows, setup.grid)
+    references = None
+    if args.reference:
+        references = reference_accuracies(setup.cfg.dataset, setup.cfg.data_dir, setup.sizes, args.data_seed, args.reference)
+        write_atomic(out / "reference.json", lambda f: f.write((json.dumps(references, indent=1) + "\n").encode()))
+        table += "\nReference, raw pixels, same subsets: " + "; ".join(
+            f"{name} " + ", ".join(f"{n}: {100 * a:.1f}%" for n, a in accs.items()) for name, accs in references.items()) + "\n"
+    write_atomic(out / "results.md", lambda f: f.write(table.encode()))
+    title = args.title or f"{setup.cfg.dataset}: {', '.join(m.label for m in setup.models)}"
+    figure = plot(rows, setup.grid, out, title, references)
+    log("\n" + table)
+    log(f"wrote {out}/results.csv, results.md" + (f", {figure.name}" if figure else ""))
+
+
+def study(args, passthrough: list, log) -> int:
+    setup = check_arguments(args, passthrough)
+    out = Path(args.out)
+    runs = plan(setup.models, setup.sizes, setup.grid, args.seeds, setup.full, setup.cfg.batch_size, args.steps,
+                setup.cfg.epochs, args.same_epochs, args.data_seed, out, passthrough,
+                per_model={label: (c.batch_size, c.epochs) for label, c in setup.checked.items()})
+    pretraining = plan_pretraining(setup.models, setup.pretrain, setup.checked, args.seeds, args.data_seed, out)
+    link_levers(runs, pretraining, setup.teachers)
+    check_recorded(runs)  # after the plan is complete: a run already there must have been made by it
     out.mkdir(parents=True, exist_ok=True)
-    log(f"study {out}: {len(models)} model(s) x {len(sizes)} size(s) {sizes} x "
-        f"{math.prod(len(v) for v in grid.values())} config(s) x {len(args.seeds)} seed(s) = {len(runs)} runs on "
-        f"{cfg.dataset} ({full:,} training images)" +
-        ("" if args.same_epochs else "; optimizer steps per run: " + ", ".join(
-            f"{m.label} {next(r.steps for r in runs if r.model == m and r.size == sizes[-1])}" for m in models)
-         + " (smaller subsets: more passes)"))
+    budgets = "" if args.same_epochs else "; optimizer steps per run: " + ", ".join(
+        f"{m.label} {next(r.steps for r in runs if r.model == m and r.size == setup.sizes[-1])}"
+        for m in setup.models) + " (smaller subsets: more passes)"
+    log(f"study {out}: {len(setup.models)} model(s) x {len(setup.sizes)} size(s) {setup.sizes} x "
+        f"{math.prod(len(v) for v in setup.grid.values())} config(s) x {len(args.seeds)} seed(s) = {len(runs)} runs "
+        f"on {setup.cfg.dataset} ({setup.full:,} training images){budgets}")
     try:
         code = execute_pretraining(list(pretraining.values()), log) or execute(runs, args.jobs, log)
     except KeyboardInterrupt:  # between two runs (inside one, finetune saves a checkpoint and returns 130)
         log("interrupted: finished runs are kept; run the same command again to continue the study")
         code = 130
-    except StudyError as e:
-        raise SystemExit(f"tinyvit.study: error: {e}") from None
-    try:
-        rows = gather(runs, full)
-    except StudyError as e:
-        raise SystemExit(f"tinyvit.study: error: {e}") from None
-    if rows:
-        write_csv(rows, out / "results.csv")
-        table = markdown_table(rows, grid)
-        write_atomic(out / "results.md", lambda f: f.write(table.encode()))
-        references = None
-        if args.reference:
-            references = reference_accuracies(cfg.dataset, cfg.data_dir, sizes, args.data_seed, args.reference)
-            write_atomic(out / "reference.json", lambda f: f.write((json.dumps(references, indent=1) + "\n").encode()))
-            table += "\nReference, raw pixels, same subsets: " + "; ".join(
-                f"{name} " + ", ".join(f"{n}: {100 * a:.1f}%" for n, a in accs.items()) for name, accs in references.items()) + "\n"
-            write_atomic(out / "results.md", lambda f: f.write(table.encode()))
-        figure = plot(rows, grid, out, args.title or f"{cfg.dataset}: {', '.join(m.label for m in models)}", references)
-        log("\n" + table)
-        log(f"wrote {out}/results.csv, results.md" + (f", {figure.name}" if figure else ""))
+    report(runs, setup, args, out, log)
     return code
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, passthrough = build_parser().parse_known_args(argv)
+    passthrough = [a for a in passthrough if a != "--"]
+    try:
+        return study(args, passthrough, lambda msg: print(msg, flush=True))
+    except TinyvitError as e:  # the user's mistake; anything else is a bug and keeps its traceback
+        from tinyvit import data
+
+        message = data.error_message(e) if isinstance(e, data.DatasetError) else str(e)
+        raise SystemExit(f"tinyvit.study: error: {message}") from None
 
 
 if __name__ == "__main__":

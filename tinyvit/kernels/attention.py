@@ -172,6 +172,9 @@ def _attention_backward_preprocess_kernel(
     tl.store(Delta + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1), mask=mask_m)
 
 
+# Past 60 lines for a reason: about 30 of them are the signature (four strides for each of eight
+# tensors, passed as the Triton tutorials pass them); the body is the one loop over query blocks
+# of FlashAttention-2's backward (Algorithm 2), kept whole so that it reads beside the paper.
 @triton.jit
 def _attention_backward_dkdv_kernel(
     Q, K, V, DO,  # inputs: Q, DO [B, H, N_Q, D]; K, V [B, H, N_K, D]; strides below
