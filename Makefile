@@ -65,9 +65,9 @@ sweep: $(VENV)/.installed
 # Tokenization + Locality Self-Attention; the conv stem; distillation from the ResNet-18 run on the
 # same images and seed; the conv stem distilled (the best single lever of a one-seed pilot, with the
 # one lever that combines with it: MAE refuses the conv stem, whose receptive fields would leak the
-# hidden patches); ResNet-18. The plot adds 1-NN and logistic regression on raw pixels. Budgets: the
+# hidden patches); MAE + LSA (the two levers that helped and combine); ResNet-18. The plot adds 1-NN and logistic regression on raw pixels. Budgets: the
 # demo's (605 steps of 128 images per ViT run, 88 per ResNet run; the pilot's curves still rose after
-# 300 steps), 100 MAE epochs (2,200 steps of 64) per seed. 65 min 12 s measured on a 2-core CPU
+# 300 steps), 100 MAE epochs (2,200 steps of 64) per seed. 78 minutes measured on a 2-core CPU
 # (2026-12-02; studies/digits-levers); LEVERS_SEEDS=0 takes about a third. A smoke run of the same arms:
 # make levers OUT=/tmp/smoke LEVERS_SIZES='0.05 0.15' LEVERS_SEEDS=0 LEVERS_MAE_EPOCHS=1 LEVERS_EXTRA='--steps 3'.
 LEVERS_VIT := vit_tiny_patch16_224 --image-size 16 --override patch_size=4,dim=64,depth=6,num_heads=4,mlp_dim=256,pool=mean --epochs 55
@@ -83,8 +83,9 @@ levers: $(VENV)/.installed
 		'vit_conv_stem=$(LEVERS_VIT) --override patch_embed=conv_stem' \
 		'vit_distilled=$(LEVERS_VIT)' \
 		'vit_conv_stem_distilled=$(LEVERS_VIT) --override patch_embed=conv_stem' \
+		'vit_mae_lsa=$(LEVERS_VIT) --override lsa=True,fc_norm=True --layer-decay 0.75' \
 		'resnet18=resnet18 --image-size 32 --epochs 8' \
-		--pretrain 'vit_mae=$(LEVERS_MAE)' \
+		--pretrain 'vit_mae=$(LEVERS_MAE)' 'vit_mae_lsa=$(LEVERS_MAE)' \
 		--teacher vit_distilled=resnet18 vit_conv_stem_distilled=resnet18 --reference knn logreg \
 		--train-sizes $(LEVERS_SIZES) --seeds $(LEVERS_SEEDS) $(LEVERS_EXTRA) --title "digits: levers for a small-data ViT" -- $(DIGITS)
 
