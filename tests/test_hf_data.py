@@ -5,13 +5,12 @@ order; and the bad ones refused at set-up in one line (empty split, strings for 
 outside the classes, -1), with MNIST's IDX labels checked the same way."""
 from __future__ import annotations
 
+import datasets as hf  # the [data] extra, which `make test` installs: a missing one fails, not skips
 import numpy as np
 import pytest
 from PIL import Image
 
 from tinyvit import data
-
-hf = pytest.importorskip("datasets")
 
 NAMES = ["cat", "dog", "emu"]
 

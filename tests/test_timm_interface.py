@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 import pytest
+import timm  # the [test] extra, which `make test` installs: a missing one fails, not skips
 import torch
 from convert_fixtures import perturb
 from PIL import Image
@@ -22,8 +23,6 @@ from tinyvit import export as ex
 from tinyvit.preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from tinyvit.resnet import ResNet, ResNetConfig
 from tinyvit.vit import ViTConfig, VisionTransformer
-
-timm = pytest.importorskip("timm")
 
 TINY = dict(image_size=32, patch_size=8, dim=64, depth=2, num_heads=2, mlp_dim=128, num_classes=10)
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
