@@ -5,16 +5,39 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= runs
+EXTRAS := test,data
 
-.PHONY: study demo scaling sweep levers test test-gpu bench clean
+.PHONY: study demo scaling sweep levers test test-latest lock test-gpu bench clean
 
-# The virtual environment, rebuilt when pyproject.toml changes. `pip install torch torchvision`
-# as a Linux user gets it: the CUDA build, which also runs on the CPU.
-$(VENV)/.installed: pyproject.toml
+# The virtual environment, rebuilt when pyproject.toml or constraints.txt changes: pyproject.toml's
+# ranges, pinned to the exact versions CI tested (constraints.txt, written by `make lock`), so a new
+# release upstream cannot turn a fresh clone red unannounced. `pip install torch torchvision` as a
+# Linux user gets the CUDA build, which also runs on the CPU.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,data]'
+	$(PY) -m pip install -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
+
+# The same suite against the newest releases of everything, in a venv of its own: how a new release
+# is met deliberately. When it passes (or once the code is fixed), `make lock` refreshes constraints.txt,
+# committed with a message that says which versions changed.
+test-latest:
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --upgrade pip
+	.venv-latest/bin/python -m pip install --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
+	.venv-latest/bin/python -m pytest -m "not gpu" -q
+
+# constraints.txt: the newest releases that satisfy pyproject.toml, resolved in a throw-away venv and
+# frozen with the date, Python version and platform they were resolved on.
+lock:
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp/venv" && "$$tmp/venv/bin/python" -m pip install -q --upgrade pip && \
+	"$$tmp/venv/bin/python" -m pip install -q -e '.[$(EXTRAS)]' && \
+	{ echo "# The exact versions CI installs (make test, make demo; Makefile): written by \`make lock\` on $$(date -u +%F)"; \
+	  echo "# with $$("$$tmp/venv/bin/python" -V) on $$(uname -s) $$(uname -m), from pyproject.toml's dependencies and [$(EXTRAS)]."; \
+	  echo "# \`make test-latest\` runs the suite on the newest releases; refresh this file in a commit naming what changed."; \
+	  "$$tmp/venv/bin/python" -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 # Malpure et al. 2021: ImageNet-pretrained ViT-B/16, DeiT-B and ResNet-50, only the last block /
 # stage plus a new head trainable, fine-tuned on CIFAR-10 (downloaded into data/), then compared.
@@ -100,4 +123,4 @@ bench: $(VENV)/.installed
 	$(PY) -m bench all
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-latest *.egg-info .pytest_cache .hypothesis
