@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default: {d.batch_size})")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default by --unfreeze: {LR_DEFAULTS})")
-    p.add_argument("--weight-decay", type=_at_least_zero(float), help=f"AdamW decoupled weight decay (default: {d.weight_decay})")
+    p.add_argument("--weight-decay", type=at_least_zero(float), help=f"AdamW decoupled weight decay (default: {d.weight_decay})")
     p.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: 1, or a tenth of a shorter run)")
     p.add_argument("--layer-decay", type=float, metavar="D", help="layer-wise lr decay (MAE/BEiT): block k trains at lr x "
                    "D^(depth-k), the embeddings at lr x D^(depth+1), the head at lr (MAE: 0.65 for ViT-B; default: off)")
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="remove the files of an earlier run in --out (only those) and start over")
     p.add_argument("--allow-data-change", action="store_true",
                    help="--resume although the dataset differs from the one the run began with")
-    p.add_argument("--num-workers", type=_at_least_zero(int), help="data loading processes (0: in the main process; default: min(8, CPUs per process))")
+    p.add_argument("--num-workers", type=at_least_zero(int), help="data loading processes (0: in the main process; default: min(8, CPUs per process))")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip (enables training on cached features)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction,
                    help="horizontal flips in the augmentation (default: the dataset's: on for CIFAR, photos, "
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _at_least_zero(kind):
+def at_least_zero(kind):
     """An argparse type: a finite number of `kind`, 0 or more (a negative weight decay would push
     weights outwards; a negative worker count means nothing to the DataLoader)."""
     def parse(text: str):
@@ -242,17 +242,18 @@ def out_of_memory_message(e: BaseException, cfg: Config, during: str) -> str:
     return f"out of memory {during} ({first[:160]}); try a smaller --image-size{size} or model"
 
 
-def resumed_config(cfg: Config, given: set, stored: dict) -> Config:
-    """The stored run's config; flags given now may change only how it runs (RUNTIME_FIELDS)."""
-    known = {f.name for f in fields(Config)}
-    run = Config(**{k: v for k, v in stored.items() if k in known})
+def resumed_config(cfg, given: set, stored: dict, runtime: set = RUNTIME_FIELDS):
+    """The stored run's config (of cfg's class: finetune's or pretrain's); flags given now may change
+    only how it runs (`runtime`)."""
+    known = {f.name for f in fields(cfg)}
+    run = type(cfg)(**{k: v for k, v in stored.items() if k in known})
     changed = [
         f"--{k.replace('_', '-')} {getattr(cfg, k)!r} (the run has {getattr(run, k)!r})"
-        for k in sorted(given - RUNTIME_FIELDS) if getattr(cfg, k) != getattr(run, k)
+        for k in sorted(given - runtime) if getattr(cfg, k) != getattr(run, k)
     ]
     if changed:
         raise TinyvitError("--resume continues a run as it was configured; these flags differ: " + "; ".join(changed))
-    now = {k: getattr(cfg, k) for k in given & RUNTIME_FIELDS}
+    now = {k: getattr(cfg, k) for k in given & runtime}
     # The folder this command opened and locked, never the one checkpoint.pt names: a run copied
     # or edited elsewhere would otherwise put its feature cache into that recorded path.
     now["out"] = str(cfg.out_dir())

@@ -51,14 +51,16 @@ import torch
 
 from tinyvit import data, rundir
 from tinyvit.checkpoint import read_run_state, save_pretrained
+from tinyvit.convert import check_config_fits
 from tinyvit.device import AMP_CHOICES, amp_dtype, autocast, resolve_device
 from tinyvit.errors import TinyvitError
+from tinyvit.finetune import at_least_zero, resumed_config
 from tinyvit.hub import create_model
 from tinyvit.mae import PRETRAIN_FILE, MaskedAutoencoder, pretrain_param_groups
 from tinyvit.presets import PRESETS, build_model, parse_overrides
 from tinyvit.preprocess import Preprocess
 from tinyvit.processes import Dist, StopRequest, random_state, set_random_state, start_workers
-from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch
+from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch, warmup_steps
 
 METHODS = ("mae",)
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "tinyvit.pretrain", 1
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help=f"default: {d.batch_size}")
     p.add_argument("--blr", type=float, help=f"base learning rate: lr = blr x batch / 256 (default: {d.blr})")
     p.add_argument("--lr", type=float, help="absolute learning rate (overrides --blr)")
-    p.add_argument("--weight-decay", type=float, help=f"default: {d.weight_decay}")
+    p.add_argument("--weight-decay", type=at_least_zero(float), help=f"default: {d.weight_decay}")
     p.add_argument("--warmup-epochs", type=float, help="linear warm-up (default: a twentieth of the run)")
     p.add_argument("--mask-ratio", type=float, help=f"fraction of the patches hidden (default: {d.mask_ratio})")
     p.add_argument("--decoder-dim", type=int, help=f"decoder width (default: {d.decoder_dim}; MAE's models: 512)")
@@ -143,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int, help="pretrain on a fixed random subset of N training images")
     p.add_argument("--device", help="auto (default), cpu, cuda, ...")
     p.add_argument("--amp", choices=AMP_CHOICES, help="autocast dtype (default auto: bf16 on GPU, off on CPU)")
-    p.add_argument("--num-workers", type=int, help="data loading processes (default: min(8, CPUs))")
+    p.add_argument("--num-workers", type=at_least_zero(int), help="data loading processes (default: min(8, CPUs))")
     p.add_argument("--out", help="output directory (default: runs/<method>-<model>-<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     p.add_argument("--force", action="store_true", help="remove the files of an earlier run in --out (only those)")
@@ -155,18 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> tuple[PretrainConfig, set]:
     given = vars(build_parser().parse_args(argv))
     return PretrainConfig(**given), set(given)
-
-
-def resumed_config(cfg: PretrainConfig, given: set, stored: dict) -> PretrainConfig:
-    """The stored run's config; flags given now may change only how it runs (RUNTIME_FIELDS)."""
-    run = PretrainConfig(**{k: v for k, v in stored.items() if k in {f.name for f in fields(PretrainConfig)}})
-    changed = [f"--{k.replace('_', '-')} {getattr(cfg, k)!r} (the run has {getattr(run, k)!r})"
-               for k in sorted(given - RUNTIME_FIELDS) if getattr(cfg, k) != getattr(run, k)]
-    if changed:
-        raise TinyvitError("--resume continues a run as it was configured; these flags differ: " + "; ".join(changed))
-    now = {k: getattr(cfg, k) for k in given & RUNTIME_FIELDS - {"resume", "force"}}
-    return replace(run, **now, resume=True, force=False)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +188,9 @@ class Pretrainer:
             self.note = "note: fc_norm is a fine-tuning choice (finetune --override fc_norm=True); MAE pretrains with the final norm"
         if state is None:
             encoder = create_model(cfg.model, num_classes=0, image_size=cfg.image_size, **overrides)
-        else:
+        else:  # the saved config checked against the saved weights before anything is built (as finetune's)
+            encoder_weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+            check_config_fits("vit", state["encoder_config"], encoder_weights, cfg.out_dir() / "checkpoint.pt")
             encoder = build_model("vit", state["encoder_config"], Preprocess.from_dict(state["preprocess"]))
         self.mae = MaskedAutoencoder(encoder, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
                                      cfg.mask_ratio, cfg.norm_pix_loss)
@@ -211,8 +203,7 @@ class Pretrainer:
         self.dist = Dist()
         self.steps_per_epoch = steps_per_epoch(len(self.train), cfg.batch_size, 1)
         total = cfg.epochs * self.steps_per_epoch
-        warmup_epochs = cfg.epochs / 20 if cfg.warmup_epochs is None else cfg.warmup_epochs
-        self.warmup = min(round(warmup_epochs * self.steps_per_epoch), total - 1) if warmup_epochs > 0 else 0
+        self.warmup = warmup_steps(cfg.warmup_epochs, cfg.epochs / 20, cfg.epochs, self.steps_per_epoch)
         self.lr = cfg.resolved_lr()
         self.schedule = partial(lr_factor, warmup=self.warmup, total=total)
         self.optimizer = torch.optim.AdamW(pretrain_param_groups(self.mae, cfg.weight_decay), lr=self.lr, betas=(0.9, 0.95))
@@ -376,7 +367,7 @@ def main(argv=None) -> int:
         state = None
         if cfg.resume:
             state = read_run_state(out / "checkpoint.pt", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
-            cfg = resumed_config(cfg, given, state["config"])
+            cfg = resumed_config(cfg, given, state["config"], RUNTIME_FIELDS)
         trainer = Pretrainer(cfg, resolve_device(cfg.device), state)
         fingerprints = {"train": rundir.fingerprint(trainer.train)}  # the only split a pretraining run reads
         if cfg.resume:

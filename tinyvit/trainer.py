@@ -45,7 +45,7 @@ from tinyvit.presets import PRESETS, parse_overrides
 from tinyvit.preprocess import Preprocess
 from tinyvit.processes import Dist, StopRequest, random_state, set_random_state
 from tinyvit.report import plot_confusion, plot_curves, speedup_line, timing
-from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch
+from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch, warmup_steps
 
 
 LR_DEFAULTS = {"head": 1e-3, "blocks": 1e-4, "all": 2e-5}  # for batch 128; tinyvit/finetune.py says why
@@ -275,13 +275,8 @@ def build_sources(cfg: Config, splits: data.Splits, preprocess: Preprocess, reci
 def build_optimizer(cfg: Config, model: nn.Module, steps_per_epoch: int, warn: Callable[[str], None]):
     """(AdamW over the trainable parameters, its per-step LambdaLR schedule, warm-up steps, peak lr)."""
     total = cfg.epochs * steps_per_epoch
-    if cfg.warmup_epochs is None:  # one epoch, or a tenth of a shorter run, always short of the whole run
-        warmup = min(max(1, round(min(1.0, cfg.epochs / 10) * steps_per_epoch)), total - 1)
-    else:
-        warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch)) if cfg.warmup_epochs > 0 else 0
-        if warmup and warmup >= total:
-            raise TinyvitError(f"--warmup-epochs {cfg.warmup_epochs:g} covers the whole run of {cfg.epochs} epochs "
-                               f"({total} steps); use fewer, or 0 for no warm-up")
+    warmup = warmup_steps(cfg.warmup_epochs, min(1.0, cfg.epochs / 10), cfg.epochs, steps_per_epoch)  # default: one
+    # epoch, or a tenth of a shorter run
     lr = cfg.resolved_lr()
     if lr == 0:
         warn("--lr 0: the learning rate is zero, so nothing will train")
