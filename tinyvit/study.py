@@ -272,20 +272,13 @@ def run_state(run: Run) -> RunState:
     return RunState.TO_START
 
 
-def checkpoint_format(run: Run) -> str:
-    """What the run's checkpoint.pt says it is: tinyvit.finetune's or tinyvit.pretrain's."""
-    from tinyvit import pretrain, rundir
-
-    return pretrain.CHECKPOINT_FORMAT if run.entry == "pretrain" else rundir.CHECKPOINT_FORMAT
-
-
 def _checkpoint_epoch(run: Run) -> float:
     """How far an interrupted run got (epochs, fractional mid-epoch); 0 for an unreadable checkpoint.
     Its checksum is left to `recorded_config`, which reads what the resume will use."""
     from tinyvit.checkpoint import read_run_state
 
     try:
-        ckpt = read_run_state(run.out / "checkpoint.pt", checkpoint_format(run), version=None, verify=False)
+        ckpt = read_run_state(run.out / "checkpoint.pt", version=None, verify=False)
         return ckpt["epoch"] + (0.5 if ckpt["batches_done"] else 0.0)
     except (TinyvitError, KeyError, TypeError):
         return 0.0
@@ -320,7 +313,7 @@ def recorded_config(run: Run) -> Optional[dict]:
         from tinyvit.checkpoint import read_run_state
 
         try:
-            return read_run_state(run.out / "checkpoint.pt", checkpoint_format(run), version=None)["config"]
+            return read_run_state(run.out / "checkpoint.pt")["config"]
         except TinyvitError as e:
             raise StudyError(str(e)) from None
     return None
