@@ -344,9 +344,7 @@ def case_loop(case: Case, batch: int, smoke: bool) -> tuple[dict, str, dict]:
                 state["epoch"] += 1
                 state["batches"] = t.train_batches(state["epoch"], 0)
                 batch_ = next(state["batches"])
-            inputs, targets, labels, indices = batch_
-            loss, logits = t.train_step(inputs, targets, indices)
-            t.meter.add(loss, logits, labels)
+            t.train_step(*batch_)
         return step
 
     plain = trainer("--no-augment")

@@ -171,7 +171,7 @@ def test_cached_teacher_logits_equal_live_ones(teacher_run, tmp_path):
     trainer = Trainer(cfg, Dist(), torch.device("cpu"))
     trainer.run = rundir.RunDir.open(tmp_path / "s")  # as finetune.main does: every file goes through it
     trainer.run.start(fresh=True, dataset={})
-    d = trainer.distiller
+    d = trainer.task.distiller
     snapshot = {k: v.clone() for k, v in d.teacher.state_dict().items()}  # BatchNorm statistics included
     assert trainer.fit(StopRequest(trainer.log))  # the logits once, then one epoch of training against them
     assert d.cache is not None and d.cache.features.shape == (64, 10)

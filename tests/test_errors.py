@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import tinyvit
 from tinyvit import data, evaluate, finetune, predict
-from tinyvit import trainer as trainer_module
+from tinyvit import tasks as trainer_module
 from tinyvit.checkpoint import CheckpointError
 from tinyvit.presets import parse_overrides
 from tinyvit.processes import Dist

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from tinyvit.mae import (MaskedAutoencoder, finetune_model, kept_tokens, layer_scales, mae_loss, mae_sincos_2d,
-                         param_groups_lrd, patchify, random_masking, unpatchify)
+from tinyvit.freeze import param_groups
+from tinyvit.mae import (MaskedAutoencoder, finetune_model, kept_tokens, mae_loss, mae_sincos_2d, patchify,
+                         random_masking, unpatchify)
 from tinyvit.vit import VisionTransformer, sincos_2d
 
 
@@ -178,8 +179,7 @@ def test_reconstruction_pastes_the_visible_patches():
 def test_layer_decay_scales_for_a_12_block_model():
     d = 0.65
     model = small_vit(depth=12, num_classes=10, pool="mean", fc_norm=True)
-    assert layer_scales(12, d) == [d ** (13 - i) for i in range(14)]
-    groups = param_groups_lrd(model, 0.05, d)
+    groups = param_groups(model, 0.05, d)
     scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
@@ -193,7 +193,7 @@ def test_layer_decay_scales_for_a_12_block_model():
     assert scale_of[id(named["head.weight"])] == 1.0 and scale_of[id(named["fc_norm.weight"])] == 1.0
     assert len(scale_of) == len(named)
     with pytest.raises(ValueError, match="layer-decay"):
-        param_groups_lrd(model, 0.05, 1.5)
+        param_groups(model, 0.05, 1.5)
 
 
 def test_mean_pooling_with_fc_norm_is_maes_global_pool():
@@ -327,21 +327,21 @@ def test_a_stop_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
     the run that was never stopped (batches, masks and schedule continue where they were)."""
     from safetensors.torch import load_file
 
-    from tinyvit import pretrain
+    from tinyvit import finetune, pretrain
 
     assert pretrain.main(PRETRAIN + ["--epochs", "3", "--out", str(tmp_path / "straight")]) == 0
 
-    class StopAfter(pretrain.StopRequest):
+    class StopAfter(finetune.StopRequest):
         checks = 0
 
         @property
         def requested(self):
             StopAfter.checks += 1
-            if StopAfter.checks >= 7:
+            if StopAfter.checks >= 8:  # the check at step 7 (steps 1-5 and the epoch end made 6)
                 self.signum = signal.SIGTERM
             return self.signum is not None
 
-    monkeypatch.setattr(pretrain, "StopRequest", StopAfter)
+    monkeypatch.setattr(finetune, "StopRequest", StopAfter)
     out = tmp_path / "stopped"
     assert pretrain.main(PRETRAIN + ["--epochs", "3", "--out", str(out)]) == 143
     state = torch.load(out / "checkpoint.pt", weights_only=True)

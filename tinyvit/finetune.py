@@ -68,11 +68,12 @@ import signal
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
 from tinyvit import data, freeze, recipe, rundir
-from tinyvit.checkpoint import read_run_state
+from tinyvit.checkpoint import CheckpointError, NotRunState, read_run_state
 from tinyvit.device import AMP_CHOICES
 from tinyvit.errors import TinyvitError
 from tinyvit.presets import PRESETS
@@ -85,20 +86,44 @@ from tinyvit.trainer import LR_DEFAULTS, Config, NonFiniteLoss, Trainer
 # The command line: argparse into tinyvit.trainer.Config.
 # ---------------------------------------------------------------------------------------------
 
+OLD_PRETRAIN_FORMAT = "tinyvit.pretrain"  # pretraining's checkpoint.pt before it ran through tinyvit/trainer.py
+
 # What may differ when resuming: where and how the run executes, not what it computes.
 RUNTIME_FIELDS = {"epochs", "device", "num_workers", "cache", "data_dir", "progress", "out", "resume", "force",
                   "allow_data_change", "compile"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = Config()
-    p = argparse.ArgumentParser(
-        prog="python -m tinyvit.finetune",
-        description=__doc__,
+class Offered:
+    """argparse's parser, adding only the flags a command offers (None: all of them)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, flags=None):
+        self.parser, self.flags = parser, flags
+
+    def add_argument(self, *names, **kwargs):
+        if self.flags is None or names[0] in self.flags:
+            self.parser.add_argument(*names, **kwargs)
+
+    def add_argument_group(self, *args, **kwargs) -> "Offered":
+        return Offered(self.parser.add_argument_group(*args, **kwargs) if self.flags is None else self.parser, self.flags)
+
+    def add_mutually_exclusive_group(self, **kwargs) -> "Offered":
+        return Offered(self.parser.add_mutually_exclusive_group(**kwargs) if self.flags is None else self.parser, self.flags)
+
+
+def build_parser(prog: str = "tinyvit.finetune", description: str = __doc__, defaults: Optional[dict] = None,
+                 flags=None) -> argparse.ArgumentParser:
+    """The one table of flags, for both commands: each setting's flag, type (its validation) and help
+    once, its default from `Config` (`defaults`: a command's own, as tinyvit.pretrain's); `flags`:
+    the ones the command offers (None: all but pretraining's)."""
+    d = Config(**(defaults or {}))
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {prog}",
+        description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         # Unset flags stay out of the namespace, so --resume can tell what was given from what defaulted.
         argument_default=argparse.SUPPRESS,
     )
+    p = Offered(parser, flags)
     p.add_argument("--model", choices=list(PRESETS), metavar="PRESET", help=f"a preset of tinyvit.PRESETS (default: {d.model})")
     p.add_argument("--weights", help="official (default: the preset's published weights), none (random init), or a checkpoint path")
     p.add_argument("--dataset", type=_dataset_arg, help=f"{', '.join(data.DATASETS)} or hf:NAME_OR_PATH (default: {d.dataset})")
@@ -107,20 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unfreeze", type=_unfreeze_arg, help="head | last (default) | all | N: the last N blocks/stages train")
     p.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default: {d.batch_size})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default by --unfreeze: {LR_DEFAULTS})")
-    p.add_argument("--weight-decay", type=_at_least_zero(float), help=f"AdamW decoupled weight decay (default: {d.weight_decay})")
-    p.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: 1, or a tenth of a shorter run)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: " + (
+        "--blr x batch / 256)" if d.method else f"by --unfreeze: {LR_DEFAULTS})"))
+    p.add_argument("--weight-decay", type=at_least_zero(float), help=f"AdamW decoupled weight decay (default: {d.weight_decay})")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: " + (
+        "a twentieth of the run)" if d.method else "1, or a tenth of a shorter run)"))
     p.add_argument("--layer-decay", type=float, metavar="D", help="layer-wise lr decay (MAE/BEiT): block k trains at lr x "
                    "D^(depth-k), the embeddings at lr x D^(depth+1), the head at lr (MAE: 0.65 for ViT-B; default: off)")
     p.add_argument("--seed", type=int, help=f"default: {d.seed}")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--amp", choices=AMP_CHOICES, help="autocast dtype (default auto: bf16 on GPU, off on CPU)")
-    p.add_argument("--out", help="output directory (default: runs/<model>-<dataset>-<unfreeze>)")
+    p.add_argument("--out", help="output directory (default: runs/" + ("<method>-<model>-<dataset>)" if d.method
+                                                                       else "<model>-<dataset>-<unfreeze>)"))
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     p.add_argument("--force", action="store_true", help="remove the files of an earlier run in --out (only those) and start over")
     p.add_argument("--allow-data-change", action="store_true",
                    help="--resume although the dataset differs from the one the run began with")
-    p.add_argument("--num-workers", type=_at_least_zero(int), help="data loading processes (0: in the main process; default: min(8, CPUs per process))")
+    p.add_argument("--num-workers", type=at_least_zero(int), help="data loading processes (0: in the main process; default: min(8, CPUs per process))")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip (enables training on cached features)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction,
                    help="horizontal flips in the augmentation (default: the dataset's: on for CIFAR, photos, "
@@ -149,10 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fd-ratio", type=float, help="FDViT: weight of the FD layers' masked reconstruction loss "
                    "(official 0.03; default 0: no decoders)")
     p.add_argument("--fd-mask", type=float, help=f"FDViT: probability a token is masked for it (default: {d.fd_mask})")
-    return p
+    if flags is None:
+        return parser
+    # Self-supervised pretraining (tinyvit.pretrain): MAE's settings.
+    p.add_argument("--method", choices=("mae",), help="the self-supervised method (default: mae)")
+    p.add_argument("--blr", type=at_least_zero(float), help=f"base learning rate: lr = blr x batch / 256 (default: {d.blr})")
+    p.add_argument("--mask-ratio", type=float, help=f"fraction of the patches hidden (default: {d.mask_ratio})")
+    p.add_argument("--decoder-dim", type=int, help=f"decoder width (default: {d.decoder_dim}; MAE's models: 512)")
+    p.add_argument("--decoder-depth", type=int, help=f"decoder blocks (default: {d.decoder_depth}; MAE's models: 8)")
+    p.add_argument("--decoder-heads", type=int, help=f"decoder heads (default: {d.decoder_heads}; MAE's models: 16)")
+    p.add_argument("--norm-pix-loss", action="store_true", help="targets: each patch normalised to mean 0, variance 1")
+    return parser
 
 
-def _at_least_zero(kind):
+def at_least_zero(kind):
     """An argparse type: a finite number of `kind`, 0 or more (a negative weight decay would push
     weights outwards; a negative worker count means nothing to the DataLoader)."""
     def parse(text: str):
@@ -242,17 +280,18 @@ def out_of_memory_message(e: BaseException, cfg: Config, during: str) -> str:
     return f"out of memory {during} ({first[:160]}); try a smaller --image-size{size} or model"
 
 
-def resumed_config(cfg: Config, given: set, stored: dict) -> Config:
-    """The stored run's config; flags given now may change only how it runs (RUNTIME_FIELDS)."""
-    known = {f.name for f in fields(Config)}
-    run = Config(**{k: v for k, v in stored.items() if k in known})
+def resumed_config(cfg, given: set, stored: dict, runtime: set = RUNTIME_FIELDS):
+    """The stored run's config (of cfg's class: finetune's or pretrain's); flags given now may change
+    only how it runs (`runtime`)."""
+    known = {f.name for f in fields(cfg)}
+    run = type(cfg)(**{k: v for k, v in stored.items() if k in known})
     changed = [
         f"--{k.replace('_', '-')} {getattr(cfg, k)!r} (the run has {getattr(run, k)!r})"
-        for k in sorted(given - RUNTIME_FIELDS) if getattr(cfg, k) != getattr(run, k)
+        for k in sorted(given - runtime) if getattr(cfg, k) != getattr(run, k)
     ]
     if changed:
         raise TinyvitError("--resume continues a run as it was configured; these flags differ: " + "; ".join(changed))
-    now = {k: getattr(cfg, k) for k in given & RUNTIME_FIELDS}
+    now = {k: getattr(cfg, k) for k in given & runtime}
     # The folder this command opened and locked, never the one checkpoint.pt names: a run copied
     # or edited elsewhere would otherwise put its feature cache into that recorded path.
     now["out"] = str(cfg.out_dir())
@@ -275,7 +314,21 @@ def report(trainer: Trainer, summary: dict) -> None:
                 f"summary.json, curves.png, confusion.png, checkpoint.pt")
 
 
-def set_up(cfg: Config, given: set, out: Path):
+def read_resume_state(path: Path) -> dict:
+    """checkpoint.pt of the run to continue; a pretraining checkpoint of the old format (counted in
+    epochs and batches, before pretraining ran through tinyvit/trainer.py) is refused in one line."""
+    try:
+        return read_run_state(path)
+    except NotRunState:
+        try:
+            read_run_state(path, OLD_PRETRAIN_FORMAT, version=None, verify=False)
+        except NotRunState:
+            raise
+        raise CheckpointError(f"{path}: a tinyvit.pretrain checkpoint of an older version (counted in epochs); this "
+                              f"version resumes from a step counter and cannot continue it: start over with --force") from None
+
+
+def set_up(cfg: Config, given: set, out: Path, prog: str):
     """Everything that can reject the input, before --out is written to: (cfg, run directory, dist,
     trainer, resume state, dataset fingerprints). Rank 0 locks --out first: a directory in use or
     not writable is refused before minutes of set-up, and released again if set-up fails."""
@@ -287,12 +340,12 @@ def set_up(cfg: Config, given: set, out: Path):
         check_memory(cfg)
         resume_state = None
         if cfg.resume:
-            resume_state = read_run_state(out / "checkpoint.pt")
+            resume_state = read_resume_state(out / "checkpoint.pt")
             cfg = resumed_config(cfg, given, resume_state["config"])
         dist, device = init_distributed(cfg.device)
         trainer = Trainer(cfg, dist, device, resume_state)
         if run is not None:
-            fingerprints = rundir.fingerprints(trainer.splits.train, trainer.splits.val)
+            fingerprints = trainer.task.fingerprints()
             if cfg.resume:
                 run.check_dataset(fingerprints, cfg.allow_data_change, f"--dataset {cfg.dataset} --data-dir {cfg.data_dir}")
         return cfg, run, dist, trainer, resume_state, fingerprints
@@ -300,25 +353,31 @@ def set_up(cfg: Config, given: set, out: Path):
         if run is not None:
             run.abandon()  # unlocked, and --out removed again if this run created it
         if isinstance(e, data.DatasetError):
-            raise SystemExit(f"tinyvit.finetune: error: {data.error_message(e)}") from None
+            raise SystemExit(f"{prog}: error: {data.error_message(e)}") from None
         if is_out_of_memory(e):
-            raise SystemExit(f"tinyvit.finetune: error: {out_of_memory_message(e, cfg, 'while setting up the run')}") from None
+            raise SystemExit(f"{prog}: error: {out_of_memory_message(e, cfg, 'while setting up the run')}") from None
         if isinstance(e, TinyvitError):  # the user's mistake; anything else is a bug and keeps its traceback
-            raise SystemExit(f"tinyvit.finetune: error: {e}") from None
+            raise SystemExit(f"{prog}: error: {e}") from None
         raise
 
 
 def main(argv=None) -> int:
     cfg, given = parse_args(argv)
+    return train(cfg, given, "tinyvit.finetune", report)
+
+
+def train(cfg: Config, given: set, prog: str, report: Callable) -> int:
+    """A run of `python -m {prog}` (tinyvit.finetune, tinyvit.pretrain), start to end: set-up, the
+    loop, the final files, `report(trainer, summary)`; the exit code (128 + the signal when stopped)."""
     out = cfg.out_dir()
-    cfg, run, dist, trainer, resume_state, fingerprints = set_up(cfg, given, out)
+    cfg, run, dist, trainer, resume_state, fingerprints = set_up(cfg, given, out, prog)
     if dist.world > 1:
         torch.distributed.barrier()  # every process has checked --out before rank 0 writes to it
     try:
         if dist.main:
             trainer.run = run
             run.start(fresh=not cfg.resume, dataset=fingerprints)  # the manifest first
-            run.write_json("classes.json", trainer.classes)
+            trainer.task.start(run)
             if resume_state is not None:
                 trainer.save_metrics()  # = the checkpoint's history: no epoch twice, none lost
                 epoch, batches = trainer.position()
@@ -332,7 +391,7 @@ def main(argv=None) -> int:
                 if not trainer.fit(stop):
                     epoch, batches = trainer.position()
                     trainer.log(f"stopped in epoch {epoch + 1} after {batches} of {trainer.steps_per_epoch} batches; "
-                                f"checkpoint saved. Continue with: python -m tinyvit.finetune --out {out} --resume")
+                                f"checkpoint saved. Continue with: python -m {prog} --out {out} --resume")
                     return 128 + (stop.signum or signal.SIGINT)
             except KeyboardInterrupt:
                 kept = (f"{out / 'checkpoint.pt'} holds step {trainer.saved_step}" if trainer.saved_step is not None
@@ -340,25 +399,25 @@ def main(argv=None) -> int:
                 trainer.log(f"interrupted twice: quitting without saving; {kept}")
                 return 130
             except NonFiniteLoss as e:
-                raise SystemExit(f"tinyvit.finetune: error: {e}") from None
+                raise SystemExit(f"{prog}: error: {e}") from None
             except data.DatasetError as e:
-                raise SystemExit(f"tinyvit.finetune: error: {data.error_message(e)}") from None
+                raise SystemExit(f"{prog}: error: {data.error_message(e)}") from None
             except (RuntimeError, MemoryError) as e:
                 if not is_out_of_memory(e):
                     raise
-                raise SystemExit("tinyvit.finetune: error: " + out_of_memory_message(
+                raise SystemExit(f"{prog}: error: " + out_of_memory_message(
                     e, cfg, f"in epoch {trainer.step // trainer.steps_per_epoch + 1}")) from None
             finally:
                 if dist.main:
                     shutil.rmtree(out / rundir.CACHE_DIR, ignore_errors=True)
             if dist.main and trainer.history:
-                report(trainer, trainer.finish())
+                report(trainer, trainer.task.finish())
         if dist.world > 1:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
         return 0
     except rundir.WriteError as e:  # a full disk while writing a file: the run's files are as they were
-        raise SystemExit(f"tinyvit.finetune: error: {e}") from None
+        raise SystemExit(f"{prog}: error: {e}") from None
     finally:
         if run is not None:
             run.close()  # the feature cache goes, and the lock

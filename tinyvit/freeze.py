@@ -187,18 +187,65 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups over the trainable parameters only: weight decay on weight matrices and conv
-    kernels; none on biases, norm scales and shifts (1-d) and the tokens (lucidrains/vit-pytorch#55,
-    the model's `no_weight_decay()`, timm's call, which timm's create_optimizer_v2 reads too)."""
-    skip = getattr(model, "no_weight_decay", set)()
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[float] = None,
+                 lr: Optional[float] = None, skip: Optional[set] = None) -> list[dict]:
+    """AdamW groups over the trainable parameters only, for any model: weight decay on weight
+    matrices and conv kernels; none on biases, norm scales and shifts (1-d) and the parameters the
+    model names in `no_weight_decay()` (the tokens and positions, lucidrains/vit-pytorch#55; timm's
+    call, which timm's create_optimizer_v2 reads too), or in `skip` when given.
+
+    layer_decay: layer-wise learning-rate decay (BEiT, MAE's `util/lr_decay.py`), for every model
+    that answers timm's `group_matcher()`, as timm's `param_groups_layer_decay` reads it: layer i of
+    n gets lr x layer_decay^(n - 1 - i) (its group's `lr_scale`; `lr` x that when lr is given), the
+    stem first, the unmatched head last at lr. One deviation from MAE's ViT table: timm's grouping
+    puts the final norm with the last block (scale layer_decay), MAE's with the head (scale 1); with
+    MAE's fine-tuning (fc_norm) the final norm is not there."""
+    skip = getattr(model, "no_weight_decay", set)() if skip is None else skip
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise TinyvitError(f"--layer-decay {layer_decay}: expected a factor in (0, 1] (MAE: 0.65 for ViT-B, 0.75 for ViT-L)")
+    layers = layer_ids(model) if layer_decay is not None else {}
+    last = max(layers.values(), default=0) + 1 if layer_decay is not None else 0  # unmatched: the head
+    groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
-    return [g for g in groups if g["params"]]
+        no_decay = p.ndim <= 1 or name in skip
+        layer = layers.get(name, last)
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+            "name": (f"layer_{layer}_" if layer_decay is not None else "") + ("no_decay" if no_decay else "decay")})
+        if layer_decay is not None:
+            group["lr_scale"] = layer_decay ** (last - layer)
+            if lr is not None:
+                group["lr"] = lr * group["lr_scale"]
+        group["params"].append(p)
+    return sorted(groups.values(), key=lambda g: g["name"].endswith("no_decay")) if layer_decay is None else list(groups.values())
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> layer index from the model's `group_matcher()` (timm's `group_with_matcher`
+    with reverse=True): names sorted by (the matcher's entry, the numbers the regex captures); an entry
+    whose suffix is (99999,) joins the group before it (timm's MATCH_PREV_GROUP); unmatched names
+    get no index (the head, after every layer)."""
+    import re
+
+    matcher = getattr(model, "group_matcher", None)
+    if matcher is None:
+        raise TinyvitError(f"--layer-decay: {type(model).__name__} does not say its layers (timm's group_matcher)")
+    compiled = []
+    for ordinal, spec in enumerate(matcher(coarse=False).values()):
+        for regex, suffix in (spec if isinstance(spec, (list, tuple)) else [(spec, None)]):
+            compiled.append((re.compile(regex), ordinal, suffix))
+    keys = {}
+    for name, _ in model.named_parameters():
+        for regex, ordinal, suffix in compiled:
+            m = regex.match(name)
+            if m:
+                keys[name] = (float(ordinal), *(float(g) for g in m.groups() if g is not None), *(suffix or ()))
+                break
+    ids, layer = {}, -1
+    for key in sorted(set(keys.values())):
+        if layer < 0 or key[-1] != 99999:
+            layer += 1
+        ids.update({n: layer for n, k in keys.items() if k == key})
+    return ids

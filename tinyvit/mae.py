@@ -15,8 +15,8 @@ the visible quarter only, and train a light decoder to paint the hidden patches 
 The encoder *is* the tinyvit VisionTransformer it wraps (`mae.encoder`, its own module names), so
 after pretraining it saves, loads, exports and draws attention maps like any other tinyvit ViT;
 tinyvit/pretrain.py saves it as the run's model. `finetune_model` then gives it a new head for
-`python -m tinyvit.finetune --weights PRETRAIN_RUN`, and `param_groups_lrd` is MAE's layer-wise
-learning-rate decay for that fine-tuning (`--layer-decay`).
+`python -m tinyvit.finetune --weights PRETRAIN_RUN`; MAE's layer-wise learning-rate decay for that
+fine-tuning (`--layer-decay`) is tinyvit/freeze.py's `param_groups`, for every model.
 
 Where this follows the official code, and where not:
 - masking, decoder, loss, norm_pix_loss, initialisation: `models_mae.py`, line for line in einops;
@@ -25,7 +25,8 @@ Where this follows the official code, and where not:
   fixed `pos_embed` parameter; fine-tuning then trains it, as MAE's fine-tuning does. An encoder built
   with pos_embed="sincos" keeps tinyvit's big_vision table instead (see `mae_sincos_2d` for the
   difference). The decoder's table is a buffer rebuilt on load, not a state-dict entry as in MAE;
-- layer-wise decay: `util/lr_decay.py:param_groups_lrd` (BEiT's), with DeiT's dist_token at layer 0;
+- layer-wise decay (tinyvit/freeze.py): `util/lr_decay.py:param_groups_lrd` (BEiT's) through timm's
+  `group_matcher` grouping, which puts the final norm with the last block (MAE: with the head);
 - what MAE's code has no answer for is refused: a distillation token, TokenLearner, and patch
   embeddings that see beyond their patch (SPT, the conv stem: through their receptive field the
   visible tokens would carry pixels of the hidden patches the loss asks for).
@@ -258,62 +259,6 @@ class MaskedAutoencoder(nn.Module):
         masked = unpatchify(patches * (1 - hidden), p, c)
         pasted = unpatchify(patches * (1 - hidden) + pred * hidden, p, c)
         return masked, pasted, imgs
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimiser groups: pretraining, and fine-tuning with layer-wise learning-rate decay.
-# ---------------------------------------------------------------------------------------------
-
-
-def pretrain_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """main_pretrain.py's timm `add_weight_decay`: no decay for 1-d parameters (biases, norms), decay
-    for everything else, the class and mask tokens included (MaskedAutoencoderViT names no exceptions);
-    frozen parameters (the fixed positions) are left out."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def layer_id(name: str, num_layers: int) -> int:
-    """BEiT/MAE's `get_layer_id_for_vit`: tokens, positions and patch embedding are layer 0, block k
-    is layer k + 1, everything after the blocks (norm, fc_norm, head) layer num_layers = depth + 1."""
-    if name in ("cls_token", "dist_token", "pos_embed") or name.startswith("patch_embed"):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_layers
-
-
-def layer_scales(depth: int, layer_decay: float) -> list[float]:
-    """lr scale of layer i = layer_decay ** (depth + 1 - i), i = 0 .. depth + 1 (the head: 1)."""
-    num_layers = depth + 1
-    return [layer_decay ** (num_layers - i) for i in range(num_layers + 1)]
-
-
-def param_groups_lrd(model: VisionTransformer, weight_decay: float, layer_decay: float) -> list[dict]:
-    """MAE's `param_groups_lrd`: one AdamW group per (layer, decay or not), each with its `lr_scale`.
-
-    No weight decay for 1-d parameters and the tokens/positions (`model.no_weight_decay()`, timm's
-    list); trainable parameters only.
-    The caller multiplies each group's learning rate by its lr_scale.
-    """
-    if not 0 < layer_decay <= 1:
-        raise TinyvitError(f"--layer-decay {layer_decay}: expected a factor in (0, 1] (MAE: 0.65 for ViT-B, 0.75 for ViT-L)")
-    skip = set(model.no_weight_decay())
-    num_layers = len(model.blocks) + 1
-    scales = layer_scales(len(model.blocks), layer_decay)
-    groups: dict[tuple, dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        no_decay = param.ndim == 1 or name in skip
-        lid = layer_id(name, num_layers)
-        group = groups.setdefault((lid, no_decay), {
-            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scales[lid],
-            "name": f"layer_{lid}_{'no_decay' if no_decay else 'decay'}",
-        })
-        group["params"].append(param)
-    return list(groups.values())
 
 
 # ---------------------------------------------------------------------------------------------

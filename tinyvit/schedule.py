@@ -6,7 +6,9 @@ and the image order an uninterrupted one would have had, and every process of a 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
+from tinyvit.errors import TinyvitError
 from tinyvit.processes import Dist
 
 
@@ -16,6 +18,20 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min((step - warmup) / max(1, total - warmup), 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_steps(warmup_epochs: Optional[float], default_epochs: float, epochs: int, steps_per_epoch: int) -> int:
+    """Warm-up steps of a run of `epochs` epochs: --warmup-epochs (0: none) or, when not given, the
+    command's default, which stops short of the whole run. A warm-up asked for that covers the whole
+    run is refused: the learning rate would never reach its peak."""
+    total = epochs * steps_per_epoch
+    if warmup_epochs is None:
+        return min(max(1, round(default_epochs * steps_per_epoch)), total - 1) if default_epochs > 0 else 0
+    warmup = max(1, round(warmup_epochs * steps_per_epoch)) if warmup_epochs > 0 else 0
+    if warmup and warmup >= total:
+        raise TinyvitError(f"--warmup-epochs {warmup_epochs:g} covers the whole run of {epochs} epochs "
+                           f"({total} steps); use fewer, or 0 for no warm-up")
+    return warmup
 
 
 def epoch_batches(n: int, batch: int, dist: Dist, seed: int, epoch: int, shuffle: bool = True,

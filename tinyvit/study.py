@@ -180,13 +180,16 @@ class Run:
     repeat: int = 1
     steps: int = 0
     argv: list = field(default_factory=list)
-    pretrain: Optional[Path] = None  # the tinyvit.pretrain run whose encoder it fine-tunes
+    pretrain: Optional["Run"] = None  # the tinyvit.pretrain run whose encoder it fine-tunes
+    entry: str = "finetune"  # the command that makes it: tinyvit.finetune, or tinyvit.pretrain
 
     @property
     def passes(self) -> int:
         return self.epochs * self.repeat
 
     def name(self) -> str:
+        if self.entry == "pretrain":
+            return f"pretrain-{self.model.label}-seed{self.seed}"
         parts = [self.model.label, f"n{self.size}"] + [f"{k}={v}" for k, v in self.overrides.items()] + [f"seed{self.seed}"]
         return re.sub(r"[^\w.=,+-]", "_", "-".join(parts))
 
@@ -228,17 +231,8 @@ def plan(models, sizes, grid, seeds, full: int, batch: int, steps: Optional[int]
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PretrainRun:
-    label: str
-    seed: int
-    out: Path
-    epochs: int
-    argv: list
-
-
 def plan_pretraining(models, specs: dict, checked: dict, seeds, data_seed: int, out: Path) -> dict:
-    """(label, seed) -> the PretrainRun that model's runs with that seed start from."""
+    """(label, seed) -> the tinyvit.pretrain Run that model's runs with that seed start from."""
     from tinyvit import pretrain
 
     plans = {}
@@ -251,42 +245,16 @@ def plan_pretraining(models, specs: dict, checked: dict, seeds, data_seed: int, 
         common += [a for o in cfg.override for a in ("--override", o)]
         common += ["--num-workers", str(cfg.num_workers)] if cfg.num_workers is not None else []
         for seed in seeds:
-            folder = out / f"pretrain-{m.label}-seed{seed}"
-            argv = [*common, *specs[m.label], "--out", str(folder), "--seed", str(seed), "--data-seed", str(data_seed),
-                    "--no-progress"]
+            run = Run(ModelSpec(m.label, m.preset), 0, {}, seed, out, entry="pretrain")
+            run.out = out / run.name()
+            run.argv = [*common, *specs[m.label], "--out", str(run.out), "--seed", str(seed), "--data-seed",
+                        str(data_seed), "--no-progress"]
             try:
-                pcfg, _ = pretrain.parse_args(argv)
+                run.epochs = pretrain.parse_args(run.argv)[0].epochs
             except SystemExit:
                 raise StudyError(f"--pretrain {m.label}: tinyvit.pretrain rejected its flags (above)") from None
-            plans[(m.label, seed)] = PretrainRun(m.label, seed, folder, pcfg.epochs, argv)
+            plans[(m.label, seed)] = run
     return plans
-
-
-def execute_pretraining(plans: list, log) -> int:
-    """Run (or resume) the pretraining runs that have not finished, in this process."""
-    from tinyvit import pretrain
-
-    for p in plans:
-        if (p.out / "summary.json").is_file():
-            continue
-        fake = Run(ModelSpec(p.label, ""), 0, {}, p.seed, p.out, epochs=p.epochs)
-        argv = p.argv + (["--resume"] if run_state(fake, pretrain.CHECKPOINT_FORMAT) is RunState.RESUMABLE else ["--force"])
-        path = p.out.parent / "logs" / f"{p.out.name}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with open(path, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            print(f"$ python -m tinyvit.pretrain {shlex.join(argv)}", flush=True)
-            try:
-                code = pretrain.main(argv)
-            except SystemExit as e:
-                print(e.code, flush=True)
-                code = e.code if isinstance(e.code, int) else 2
-        if code:
-            log(f"{p.out.name}: failed (exit {code}); full log: {path}")
-            return code
-        s = json.loads((p.out / "summary.json").read_text())
-        log(f"{p.out.name}: MAE loss {s['final_loss']:.4f} after {s['steps']} steps, {time.perf_counter() - start:.0f} s")
-    return 0
 
 
 class RunState(Enum):
@@ -296,23 +264,21 @@ class RunState(Enum):
     TO_START = "to start"  # nothing, or a run stopped while writing its summary: started over with --force
 
 
-def run_state(run: Run, kind: Optional[str] = None) -> RunState:
-    """`kind`: the format of the run's checkpoint.pt (default: tinyvit.finetune's)."""
+def run_state(run: Run) -> RunState:
     if (run.out / "summary.json").is_file():
         return RunState.DONE
-    if (run.out / "checkpoint.pt").is_file() and _checkpoint_epoch(run, kind) < run.epochs:
+    if (run.out / "checkpoint.pt").is_file() and _checkpoint_epoch(run) < run.epochs:
         return RunState.RESUMABLE
     return RunState.TO_START
 
 
-def _checkpoint_epoch(run: Run, kind: Optional[str]) -> float:
+def _checkpoint_epoch(run: Run) -> float:
     """How far an interrupted run got (epochs, fractional mid-epoch); 0 for an unreadable checkpoint.
     Its checksum is left to `recorded_config`, which reads what the resume will use."""
-    from tinyvit import rundir
     from tinyvit.checkpoint import read_run_state
 
     try:
-        ckpt = read_run_state(run.out / "checkpoint.pt", kind or rundir.CHECKPOINT_FORMAT, version=None, verify=False)
+        ckpt = read_run_state(run.out / "checkpoint.pt", version=None, verify=False)
         return ckpt["epoch"] + (0.5 if ckpt["batches_done"] else 0.0)
     except (TinyvitError, KeyError, TypeError):
         return 0.0
@@ -358,24 +324,22 @@ def check_recorded(runs: list[Run]) -> None:
     Otherwise a rerun with other pass-through flags would report the old runs under the new command."""
     from dataclasses import fields
 
-    from tinyvit import finetune
-    from tinyvit.trainer import Config
-
-    # How a run executes, not what it computes (finetune's --resume rule); --epochs does matter here.
-    ignored = finetune.RUNTIME_FIELDS - {"epochs"}
     for run in runs:
         stored = recorded_config(run)
         if stored is None:
             continue
         if not isinstance(stored, dict):
             raise StudyError(f"{run.out}: its recorded config is not an object")
-        planned, _ = finetune.parse_args(run.argv)
-        known = {f.name for f in fields(Config)}
+        entry = entry_point(run)
+        # How a run executes, not what it computes (the --resume rule); --epochs does matter here.
+        ignored = entry.RUNTIME_FIELDS - {"epochs"}
+        planned, _ = entry.parse_args(run.argv)
+        known = {f.name for f in fields(planned)}
         try:
-            made = Config(**{k: v for k, v in stored.items() if k in known})
+            made = type(planned)(**{k: v for k, v in stored.items() if k in known})
         except TypeError as e:
             raise StudyError(f"{run.out}: its recorded config is not readable ({e})") from None
-        for f in fields(Config):
+        for f in fields(planned):
             k = f.name
             if k in ignored or (k == "epochs" and run_state(run) is RunState.RESUMABLE):
                 continue
@@ -385,6 +349,13 @@ def check_recorded(runs: list[Run]) -> None:
                     f"{run.out} was made with --{k.replace('_', '-')} {then!r}; this study plans {now!r} for it. "
                     f"Its result would be reported under the wrong command: move the folder away, or choose another --out"
                 )
+
+
+def entry_point(run: Run):
+    """The module of the command that makes the run (tinyvit.finetune or tinyvit.pretrain)."""
+    import importlib
+
+    return importlib.import_module(f"tinyvit.{run.entry}")
 
 
 def command(run: Run) -> list[str]:
@@ -414,13 +385,11 @@ def open_log(run: Run):
 
 def run_inline(run: Run) -> int:
     """One run in this process (no interpreter start-up per run); its output goes to its log."""
-    from tinyvit import finetune
-
     argv = command(run)
     with open_log(run) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"$ python -m tinyvit.finetune {shlex.join(argv)}", flush=True)
+        print(f"$ python -m tinyvit.{run.entry} {shlex.join(argv)}", flush=True)
         try:
-            return finetune.main(argv)
+            return entry_point(run).main(argv)
         except SystemExit as e:  # a user error: finetune's one line, which the study repeats
             print(e.code, flush=True)
             return e.code if isinstance(e.code, int) else 2
@@ -429,10 +398,10 @@ def run_inline(run: Run) -> int:
 def start_process(run: Run, threads: int) -> subprocess.Popen:
     argv = command(run)
     log = open_log(run)
-    log.write(f"$ python -m tinyvit.finetune {shlex.join(argv)}\n")
+    log.write(f"$ python -m tinyvit.{run.entry} {shlex.join(argv)}\n")
     log.flush()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # N processes share the cores
-    return subprocess.Popen([sys.executable, "-m", "tinyvit.finetune", *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen([sys.executable, "-m", f"tinyvit.{run.entry}", *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def last_line(run: Run) -> str:
@@ -453,7 +422,10 @@ def execute(runs: list[Run], jobs: int, log) -> int:
     def finished(run: Run, code: int, seconds: float) -> int:
         nonlocal done
         done += 1
-        if code == 0:
+        if code == 0 and run.entry == "pretrain":
+            s = read_summary(run)
+            log(f"[{done}/{len(todo)}] {run.name()}: MAE loss {s['final_loss']:.4f} after {s['steps']} steps, {seconds:.0f} s")
+        elif code == 0:
             s = read_summary(run)
             log(f"[{done}/{len(todo)}] {run.name()}: val acc {100 * s['final']['val_acc']:.2f}% "
                 f"(best {100 * s['best']['val_acc']:.2f}%), {run.steps} steps, {seconds:.0f} s")
@@ -533,7 +505,7 @@ def gather(runs: list[Run], full: int) -> list[dict]:
             # What the run did (its own record), not what this plan would give it today.
             "epochs": s["epochs"], "passes": s["epochs"] * repeat,
             "steps": sum(math.ceil(r["train_images"] / batch) for r in history),
-            **({"pretrain_steps": json.loads((run.pretrain / "summary.json").read_text())["steps"]} if run.pretrain else {}),
+            **({"pretrain_steps": read_summary(run.pretrain)["steps"]} if run.pretrain else {}),
             "params": s["total_params"], "flops_per_image": flops_cache[key],
             "final_val_acc": round(s["final"]["val_acc"], 6), "best_val_acc": round(s["best"]["val_acc"], 6),
             "seconds": round(sum(r["seconds"] for r in history), 1), "run": run.out.name,
@@ -762,8 +734,8 @@ def link_levers(runs: list[Run], pretraining: dict, teachers: dict) -> None:
     teacher's run on the same images, seed and overrides, and the teachers' runs go first."""
     for run in runs:
         if (run.model.label, run.seed) in pretraining:
-            run.pretrain = pretraining[(run.model.label, run.seed)].out
-            run.argv += ["--weights", str(run.pretrain)]
+            run.pretrain = pretraining[(run.model.label, run.seed)]
+            run.argv += ["--weights", str(run.pretrain.out)]
         if run.model.label in teachers:
             twin = next(r for r in runs if r.model.label == teachers[run.model.label] and r.size == run.size
                         and r.seed == run.seed and r.overrides == run.overrides)
@@ -799,7 +771,7 @@ def study(args, passthrough: list, log) -> int:
                 per_model={label: (c.batch_size, c.epochs) for label, c in setup.checked.items()})
     pretraining = plan_pretraining(setup.models, setup.pretrain, setup.checked, args.seeds, args.data_seed, out)
     link_levers(runs, pretraining, setup.teachers)
-    check_recorded(runs)  # after the plan is complete: a run already there must have been made by it
+    check_recorded(list(pretraining.values()) + runs)  # a run already there must have been made by this plan
     out.mkdir(parents=True, exist_ok=True)
     budgets = "" if args.same_epochs else "; optimizer steps per run: " + ", ".join(
         f"{m.label} {next(r.steps for r in runs if r.model == m and r.size == setup.sizes[-1])}"
@@ -808,7 +780,7 @@ def study(args, passthrough: list, log) -> int:
         f"{math.prod(len(v) for v in setup.grid.values())} config(s) x {len(args.seeds)} seed(s) = {len(runs)} runs "
         f"on {setup.cfg.dataset} ({setup.full:,} training images){budgets}")
     try:
-        code = execute_pretraining(list(pretraining.values()), log) or execute(runs, args.jobs, log)
+        code = execute(list(pretraining.values()), 1, log) or execute(runs, args.jobs, log)
     except KeyboardInterrupt:  # between two runs (inside one, finetune saves a checkpoint and returns 130)
         log("interrupted: finished runs are kept; run the same command again to continue the study")
         code = 130

@@ -1,18 +1,18 @@
 """One training run: its settings (`Config`), the set-up, and the loop over optimizer steps.
 
 The set-up is a flat sequence of `build_*` functions, each returning plain objects: the data splits
-(tinyvit/data.py), the model with its new head at the training resolution and its split into a
-frozen prefix and what trains (tinyvit/freeze.py), a teacher (tinyvit/distill.py), where batches
-come from (tinyvit/batches.py: small low-res datasets as one tensor on the device, augmented a batch
+(tinyvit/data.py), the task (tinyvit/tasks.py: a classifier with its new head, what trains and its
+loss's terms, or MAE), where batches come from (tinyvit/batches.py: small low-res datasets as one tensor on the device, augmented a batch
 at a time; photos through per-image transforms), AdamW with warm-up and cosine decay per step
 (tinyvit/schedule.py), and the modules a step and an evaluation call (DDP, torch.compile).
 
-`Trainer.fit` is the loop: batch, forward, loss, backward, step, schedule; at the end of each epoch
-evaluation, checkpoint and log. Its state is one counter, `step`: the epoch and the batch within it
+`Trainer.fit` is the loop, the same for every task: batch, forward, loss, backward, step, schedule;
+at the end of each epoch the task's row (a classifier's validation), checkpoint and log. Its state is one counter, `step`: the epoch and the batch within it
 follow from it, since the batches of an epoch are a pure function of (seed, epoch) and augmentation
 is seeded by (seed, step). checkpoint.pt holds {model, optimizer, scheduler, scaler, step, rng} and
 the epoch's running sums for the log. Every file goes through the run directory
-(tinyvit/rundir.py), only on rank 0. The command line and the resume rules are tinyvit/finetune.py.
+(tinyvit/rundir.py), only on rank 0. The command lines and the resume rules are tinyvit/finetune.py
+(`python -m tinyvit.pretrain` is the same command with MAE's task and defaults).
 """
 from __future__ import annotations
 
@@ -33,19 +33,13 @@ from torch import nn
 from tinyvit import data, freeze, recipe, rundir
 from tinyvit.augment import BatchAugment, seeded
 from tinyvit.batches import ImageBatches, TensorBatches
-from tinyvit.checkpoint import arch_of, save_pretrained
-from tinyvit.convert import model_of_run_state
+from tinyvit.checkpoint import arch_of
 from tinyvit.device import amp_dtype, autocast
-from tinyvit.errors import MissingFileError, TinyvitError
-from tinyvit.evaluate import Tally, evaluate, per_class_accuracy
-from tinyvit.flops import LAYERS_ONLY, model_flops
-from tinyvit.hub import DownloadError, create_model
-from tinyvit.mae import PRETRAIN_FILE, finetune_model, param_groups_lrd
+from tinyvit.errors import TinyvitError
 from tinyvit.presets import PRESETS, parse_overrides
 from tinyvit.preprocess import Preprocess
 from tinyvit.processes import Dist, StopRequest, random_state, set_random_state
-from tinyvit.report import plot_confusion, plot_curves, speedup_line, timing
-from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch
+from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch, warmup_steps
 
 
 LR_DEFAULTS = {"head": 1e-3, "blocks": 1e-4, "all": 2e-5}  # for batch 128; tinyvit/finetune.py says why
@@ -104,15 +98,28 @@ class Config:
     # 0 trains without decoders. The official commands use 0.03 with mask probability 0.2.
     fd_ratio: float = 0.0
     fd_mask: float = 0.2
-    layer_decay: Optional[float] = None  # MAE/BEiT layer-wise lr decay (tinyvit/mae.py param_groups_lrd); None: off
+    layer_decay: Optional[float] = None  # MAE/BEiT layer-wise lr decay (tinyvit/freeze.py param_groups); None: off
+    # Self-supervised pretraining (`python -m tinyvit.pretrain`, tinyvit/tasks.py): None trains a
+    # classifier on the labels; "mae" a masked autoencoder (tinyvit/mae.py) on the images alone.
+    method: Optional[str] = None
+    blr: float = 1.5e-4  # MAE's base learning rate (its pretraining guide): lr = blr x batch / 256
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = False
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
+        if self.method is not None:
+            return self.blr * self.batch_size / 256
         mode = freeze.parse_mode(self.unfreeze)
         return LR_DEFAULTS["head" if mode in ("head", 0) else "all" if mode == "all" else "blocks"]
 
     def out_dir(self) -> Path:
+        if self.method is not None:
+            return Path(self.out or f"runs/{self.method}-{self.model}-{self.dataset}")
         return Path(self.out or f"runs/{self.model}-{self.dataset}-{self.unfreeze}")
 
 
@@ -134,58 +141,8 @@ def check_image_size(cfg: Config) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The model: preset + weights, then the new head and the training resolution.
-# ---------------------------------------------------------------------------------------------
-
-
-def fd_reconstruction(model: nn.Module, cfg: Config) -> nn.Module:
-    """FDViT (tinyvit/fdvit.py): its FD layers' decoders exist only while --fd-ratio trains them."""
-    if not (math.isfinite(cfg.fd_ratio) and cfg.fd_ratio >= 0):
-        raise TinyvitError(f"--fd-ratio {cfg.fd_ratio}: expected a loss weight of 0 or more")
-    try:
-        return model.set_reconstruction(cfg.fd_mask if cfg.fd_ratio else None)
-    except ValueError as e:
-        raise TinyvitError(f"--fd-ratio {cfg.fd_ratio:g} on {cfg.model}: {e}") from e
-
-
-def load_model(cfg: Config, num_classes: int, warn: Callable[[str], None]) -> nn.Module:
-    overrides = parse_overrides(cfg.override, cfg.model)
-    if cfg.weights == "none":
-        return fd_reconstruction(create_model(cfg.model, num_classes=num_classes, image_size=cfg.image_size, **overrides), cfg)
-    if cfg.weights == "official":
-        source = True
-    else:
-        source = Path(cfg.weights)
-        if not source.exists():
-            raise MissingFileError(f"--weights {source}: no such file or directory")
-        if (source / PRETRAIN_FILE).is_file():  # a tinyvit.pretrain run: its encoder, with a new head
-            from tinyvit.convert import load_pretrained
-
-            wanted = {**PRESETS[cfg.model]["config"], **overrides}
-            model = finetune_model(load_pretrained(source), num_classes, wanted, overrides)
-            if cfg.image_size is not None and cfg.image_size != model.cfg.image_size:
-                model.set_image_size(cfg.image_size)
-            return model
-    # A different class count gets a new head from the loader already; a new head either way
-    # unless --keep-head: the study trains a fresh classifier.
-    try:
-        model = create_model(cfg.model, num_classes=num_classes, pretrained=source, **overrides)
-    except DownloadError as e:  # offline, or the file failed its checksum
-        raise DownloadError(f"{e}. On this command line: --weights PATH (that file), or --weights none") from e
-    if not cfg.keep_head:
-        model.reset_classifier(num_classes)
-    native = model.preprocess.image_size
-    size = cfg.image_size or native
-    if size != native:
-        if size < native:
-            warn(f"--image-size {size} is below the checkpoint's {native}: the weights saw {native}-pixel images "
-                 f"and accuracy suffers; 32-pixel datasets are upsampled to --image-size")
-        model.set_image_size(size)  # a ViT resamples its position embedding
-    return fd_reconstruction(model, cfg)
-
-
-# ---------------------------------------------------------------------------------------------
-# Set-up: one small function per piece, each returning plain objects.
+# Set-up: one small function per piece, each returning plain objects (the task's model and what
+# trains: tinyvit/tasks.py).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -204,12 +161,12 @@ def check_config(cfg: Config, dist: Dist) -> None:
     check_image_size(cfg)
 
 
-def build_data(cfg: Config) -> data.Splits:
+def build_data(cfg: Config, validates: bool = True) -> data.Splits:
     splits = data.load_splits(
         cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None,
         seed=cfg.seed if cfg.data_seed is None else cfg.data_seed, limit_train=cfg.limit_train, limit_val=cfg.limit_val,
     )
-    if len(splits.train) == 0 or len(splits.val) == 0:
+    if len(splits.train) == 0 or (validates and len(splits.val) == 0):
         raise data.DatasetError(f"{cfg.dataset}: {len(splits.train)} training and {len(splits.val)} validation images")
     given = {name: getattr(cfg, name) for name in ("flip", "shift") if getattr(cfg, name) is not None}
     if given:  # --flip / --no-shift ...: the run overrides the dataset's default
@@ -217,43 +174,17 @@ def build_data(cfg: Config) -> data.Splits:
     return splits
 
 
-def build_model(cfg: Config, classes: list, resume_state: Optional[dict], device: torch.device,
-                warn: Callable[[str], None]) -> tuple[nn.Module, freeze.Split]:
-    """The model (new, or as checkpoint.pt holds it) on `device`, and its split into frozen and trained."""
-    if resume_state is None:
-        model = load_model(cfg, len(classes), warn)
-    else:
-        if resume_state["classes"] != classes:
-            raise data.DatasetError(f"the dataset's classes changed since the run began: {resume_state['classes'][:10]} vs {classes[:10]}")
-        model = model_of_run_state(resume_state, cfg.out_dir() / "checkpoint.pt")
-    model.to(device)
-    return model, freeze.apply(model, cfg.unfreeze)
-
-
-def build_teacher(cfg: Config, classes: list, preprocess: Preprocess, low_res: bool, split: freeze.Split,
-                  device: torch.device):
-    """tinyvit/distill.py's Distiller for --teacher, or None."""
-    from tinyvit import distill
-
-    if cfg.teacher is None:
-        if cfg.distill is not None:
-            raise TinyvitError(f"--distill {cfg.distill} needs --teacher PATH")
-        return None
-    teacher = distill.load_teacher(cfg.teacher, classes, device)
-    split.both_heads = True  # the loss needs the class and distillation heads apart
-    return distill.Distiller(teacher, data.eval_preprocess(preprocess, low_res), cfg.distill or "hard",
-                             cfg.distill_alpha, cfg.distill_tau, source=cfg.teacher)
-
-
 def build_sources(cfg: Config, splits: data.Splits, preprocess: Preprocess, recipe_: recipe.Recipe,
-                  device: torch.device, dist: Dist, num_workers: int):
+                  device: torch.device, dist: Dist, num_workers: int, validates: bool = True):
     """(training source, validation source), tinyvit/batches.py: low-res images held as one tensor on
-    the device and augmented there, or PIL images through per-image transforms (photos; TrivialAugmentWide)."""
+    the device and augmented there, or PIL images through per-image transforms (photos; TrivialAugmentWide).
+    A task that does not validate (MAE) never reads the validation images: its validation source is empty."""
     traits, seed = splits.traits, cfg.seed
     pre = data.eval_preprocess(preprocess, traits.low_res)
     held = None
     if traits.low_res and not recipe_.trivialaugment:
-        held = [data.as_tensor(splits.train), data.as_tensor(splits.val)]
+        train = data.as_tensor(splits.train)
+        held = [train, data.as_tensor(splits.val) if validates else train and (train[0][:0], train[1][:0])]
     if held is not None and None not in held:
         pipeline = BatchAugment(
             pre.image_size, pre.interpolation, pre.mean, pre.std,
@@ -269,29 +200,21 @@ def build_sources(cfg: Config, splits: data.Splits, preprocess: Preprocess, reci
         train_tf = recipe_.train_transform(preprocess, traits.low_res, **flags)
     kw = dict(device=device, seed=seed, num_workers=num_workers)
     return (ImageBatches(splits.train, train_tf, eval_tf, repeat=cfg.repeat_train, **kw),
-            ImageBatches(splits.val, eval_tf, eval_tf, **kw))
+            ImageBatches(splits.val if validates else [], eval_tf, eval_tf, **kw))
 
 
-def build_optimizer(cfg: Config, model: nn.Module, steps_per_epoch: int, warn: Callable[[str], None]):
-    """(AdamW over the trainable parameters, its per-step LambdaLR schedule, warm-up steps, peak lr)."""
+def build_optimizer(cfg: Config, task, steps_per_epoch: int, warn: Callable[[str], None]):
+    """(AdamW over the task's parameter groups, its per-step LambdaLR schedule, warm-up steps, peak lr).
+    The warm-up defaults to one epoch, or a tenth of a shorter run; MAE's to a twentieth of the run
+    (its pretraining guide: 40 of 800 epochs) and its betas are (0.9, 0.95) (main_pretrain.py)."""
     total = cfg.epochs * steps_per_epoch
-    if cfg.warmup_epochs is None:  # one epoch, or a tenth of a shorter run, always short of the whole run
-        warmup = min(max(1, round(min(1.0, cfg.epochs / 10) * steps_per_epoch)), total - 1)
-    else:
-        warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch)) if cfg.warmup_epochs > 0 else 0
-        if warmup and warmup >= total:
-            raise TinyvitError(f"--warmup-epochs {cfg.warmup_epochs:g} covers the whole run of {cfg.epochs} epochs "
-                               f"({total} steps); use fewer, or 0 for no warm-up")
+    default = cfg.epochs / 20 if cfg.method == "mae" else min(1.0, cfg.epochs / 10)
+    warmup = warmup_steps(cfg.warmup_epochs, default, cfg.epochs, steps_per_epoch)
     lr = cfg.resolved_lr()
     if lr == 0:
         warn("--lr 0: the learning rate is zero, so nothing will train")
-    if cfg.layer_decay is None:
-        groups = freeze.param_groups(model, cfg.weight_decay)
-    elif model.units_name != "blocks":
-        raise TinyvitError(f"--layer-decay {cfg.layer_decay}: layer-wise decay counts transformer blocks; {cfg.model} has none")
-    else:  # MAE/BEiT's: each group at lr x its layer's scale, then the schedule scales them all
-        groups = [dict(g, lr=lr * g["lr_scale"]) for g in param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay)]
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    betas = (0.9, 0.95) if cfg.method == "mae" else (0.9, 0.999)
+    optimizer = torch.optim.AdamW(task.param_groups(lr), lr=lr, betas=betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup, total=total))
     return optimizer, scheduler, warmup, lr
 
@@ -309,46 +232,29 @@ def build_networks(split: freeze.Split, dist: Dist, device: torch.device, compil
     return torch.compile(train), torch.compile(split)
 
 
-def cache_plan(cfg: Config, split: freeze.Split) -> tuple[bool, bool]:
-    """(cache the training features?, cache the validation features?)"""
-    frozen = split.frozen_depth is not None
-    if cfg.cache == "off":
-        return False, False
-    if cfg.cache != "auto":  # an explicit storage: say why it cannot be honoured rather than ignore it
-        if not frozen:
-            raise TinyvitError(f"--cache {cfg.cache}: --unfreeze all leaves no frozen prefix to cache")
-        if cfg.augment:
-            raise TinyvitError(f"--cache {cfg.cache}: augmented images differ every epoch; pass --no-augment "
-                               f"to cache the training features")
-    # Validation images are never augmented: their features are cached whenever the prefix is frozen.
-    return frozen and not cfg.augment, frozen
-
-
 class Meter:
-    """One epoch's training sums on the device (loss, correct, images; no host sync per step) and its seconds."""
+    """One epoch's training sums on the device (no host sync per step: the loss, the images, and the
+    task's own, e.g. correct predictions) and its seconds."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, names: tuple = ()):
+        self.device, self.names = device, ("loss_sum", "count", *names)
         self.load({})
 
     def load(self, state: dict) -> None:
-        z = lambda key: torch.tensor(float(state.get(key, 0.0)), dtype=torch.float64, device=self.device)  # noqa: E731
-        self.loss_sum, self.correct, self.count = z("loss_sum"), z("correct"), z("count")
-        self.aux_sum = z("aux_sum")  # FDViT's reconstruction MSE, summed like the loss (--fd-ratio)
+        self.sums = {k: torch.tensor(float(state.get(k, 0.0)), dtype=torch.float64, device=self.device) for k in self.names}
         self.seconds, self.since = state.get("train_seconds", 0.0), time.perf_counter()
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.loss_sum += loss.detach().double() * labels.numel()
-        self.correct += (logits.argmax(1) == labels).sum()
-        self.count += labels.numel()
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        self.sums["loss_sum"] += loss.detach().double() * n
+        self.sums["count"] += n
 
     def state(self, world: int) -> dict:
         """The sums over all processes, as plain numbers."""
-        sums = torch.stack([self.loss_sum, self.correct, self.count, self.aux_sum])
+        sums = torch.stack(list(self.sums.values()))
         if world > 1:
             torch.distributed.all_reduce(sums)
-        return {"loss_sum": sums[0].item(), "correct": sums[1].item(), "count": int(sums[2].item()), "aux_sum": sums[3].item(),
-                "train_seconds": self.seconds + time.perf_counter() - self.since}
+        out = {k: v.item() for k, v in zip(self.names, sums)}
+        return {**out, "count": int(out["count"]), "train_seconds": self.seconds + time.perf_counter() - self.since}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,17 +266,19 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-WHERE = {"device": "in GPU memory", "memory": "in memory", "disk": "on disk (memmap)"}
 SYNC_EVERY = 20  # steps between host syncs: NaN check, progress-bar text, agreement on stopping
 
 
 class Trainer:
     """One run: `Trainer(cfg, dist, device)` builds it, `fit(stop)` trains it step by step up to
-    cfg.epochs, `finish()` writes the model, summary and figures. `step` counts optimizer steps;
-    the epoch and the batch within it follow from it (the batches of an epoch are a pure function
-    of (seed, epoch), tinyvit/schedule.py), and so does a resume."""
+    cfg.epochs, `task.finish()` writes the model, summary and figures. What it trains for is its task
+    (tinyvit/tasks.py: classification, MAE). `step` counts optimizer steps; the epoch and the batch
+    within it follow from it (the batches of an epoch are a pure function of (seed, epoch),
+    tinyvit/schedule.py), and so does a resume."""
 
     def __init__(self, cfg: Config, dist: Dist, device: torch.device, resume_state: Optional[dict] = None):
+        from tinyvit.tasks import TASKS
+
         check_config(cfg, dist)
         self.cfg, self.dist, self.device = cfg, dist, device
         self.out = cfg.out_dir()
@@ -379,29 +287,25 @@ class Trainer:
         num_workers = cfg.num_workers if cfg.num_workers is not None else min(8, (os.cpu_count() or 1) // dist.world)
         torch.manual_seed(cfg.seed)  # the same initialisation on every process
         random.seed(cfg.seed)
-        self.splits = build_data(cfg)
+        task = TASKS[cfg.method]
+        self.splits = build_data(cfg, task.validates)
         self.classes = self.splits.classes
         for note in self.splits.notes:  # how the labels were read (hf: string labels ...)
             self.log(note)
-        self.model, self.partly_frozen = build_model(cfg, self.classes, resume_state, device, self.warn)
-        self.preprocess = self.model.preprocess  # at the training resolution
-        self.distiller = build_teacher(cfg, self.classes, self.preprocess, self.splits.low_res, self.partly_frozen, device)
-        self.recipe = recipe.Recipe.from_config(cfg)
-        self.mix = self.recipe.batch_transform(len(self.classes))  # MixUp/CutMix: soft targets, or None
-        self.train_data, self.val_data = build_sources(cfg, self.splits, self.preprocess, self.recipe, device, dist, num_workers)
-        self.cache_train, self.cache_val = cache_plan(cfg, self.partly_frozen)
+        self.task = task(self, resume_state)
+        self.model, self.preprocess = self.task.model, self.task.preprocess
+        self.train_data, self.val_data = build_sources(cfg, self.splits, self.preprocess, self.task.recipe, device, dist,
+                                                       num_workers, task.validates)
         self.features = {"train": None, "val": None}  # cache.FeatureCache per split, once built
         # With BatchNorm, a last training batch of one image joins the one before (epoch_batches).
         self.join_lone_last = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self.steps_per_epoch = steps_per_epoch(len(self.train_data), self.batch, dist.world, self.join_lone_last)
-        self.optimizer, self.scheduler, self.warmup, self.lr = build_optimizer(cfg, self.model, self.steps_per_epoch, self.warn)
+        self.optimizer, self.scheduler, self.warmup, self.lr = build_optimizer(cfg, self.task, self.steps_per_epoch, self.warn)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.train_net, self.eval_net = build_networks(self.partly_frozen, dist, device, cfg.compile)
-        self.step, self.history, self.meter = 0, [], Meter(device)  # where the run stands
+        self.train_net, self.eval_net = build_networks(self.task.network, dist, device, cfg.compile)
+        self.step, self.history, self.meter = 0, [], Meter(device, self.task.sums)  # where the run stands
         self.saved_step: Optional[int] = None  # the step checkpoint.pt holds, if there is one
-        self.last_confusion: Optional[torch.Tensor] = None
-        self.cache_seconds = 0.0  # building caches, counted in the next epoch's time
-        self.run: Optional[rundir.RunDir] = None  # rank 0: every file goes through it (finetune.main sets it)
+        self.run: Optional[rundir.RunDir] = None  # rank 0: every file goes through it (finetune.run sets it)
         self.rng_state = None
         if resume_state is not None:
             self.load_state(resume_state)
@@ -413,7 +317,7 @@ class Trainer:
         holds the step reached)."""
         self.log_setup()
         spe, last = self.steps_per_epoch, self.cfg.epochs * self.steps_per_epoch
-        if not self.build_caches(stop):
+        if not self.task.prepare(stop):  # caches
             return self.stopped()
         batches = None
         while True:
@@ -424,23 +328,21 @@ class Trainer:
                 return True
             if batches is None or b == 0:
                 batches = self.train_batches(epoch + 1, b)
-            inputs, targets, labels, indices = next(batches)
-            loss, logits = self.train_step(inputs, targets, indices)  # forward, backward, optimizer, schedule
-            self.meter.add(loss, logits, labels)
+            self.train_step(*next(batches))
             self.step += 1
-            if self.sync_due(stop) and self.stop_or_nan(stop, self.meter.loss_sum):
+            if self.sync_due(stop) and self.stop_or_nan(stop):
                 return self.stopped()
 
-    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on one batch; (loss, logits)."""
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, indices: list) -> torch.Tensor:
+        """One optimizer step on one batch, for every task: the one place that calls backward and step."""
         with autocast(self.device, self.dtype):
-            loss, logits = self.loss(inputs, targets, indices)
+            loss = self.task.loss(inputs, targets, labels, indices, self.meter)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return loss, logits
+        return loss
 
     def train_batches(self, epoch: int, start: int):
         """Epoch `epoch`'s batches from batch `start` on, as (inputs, targets, labels, item indices);
@@ -453,25 +355,11 @@ class Trainer:
         with self.bar(sum(map(len, lists)) * self.dist.world, f"epoch {epoch}/{self.cfg.epochs} train") as bar:
             for k, ((inputs, labels), indices) in enumerate(zip(self.batches("train", lists, first), lists)):
                 targets = labels
-                if self.mix is not None:
+                if self.task.mix is not None:
                     with seeded(data.sample_seed(self.cfg.seed, first + k, self.dist.rank)):
-                        inputs, targets = self.mix(inputs, labels)
+                        inputs, targets = self.task.mix(inputs, labels)
                 bar.update(labels.numel() * self.dist.world)
                 yield inputs, targets, labels, indices
-
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits) of one training batch."""
-        features = inputs if self.features["train"] is not None else self.partly_frozen.prefix(inputs)
-        logits = self.train_net(features)
-        if self.distiller is None:
-            loss = self.recipe.loss(logits, targets)
-        else:
-            loss, logits = self.distiller.loss(logits, targets, inputs, indices)  # DeiT's; logits: the heads' mean
-        aux = self.model.auxiliary_loss() if self.cfg.fd_ratio else None  # FDViT: the FD layers' MSE, if
-        if aux is not None:  # any trained FD layer ran in this forward (a frozen prefix's did not)
-            self.meter.aux_sum += aux.detach().double() * logits.shape[0]
-            loss = loss + self.cfg.fd_ratio * aux
-        return loss, logits
 
     def batches(self, name: str, lists: list, first_step: Optional[int] = None):
         """(inputs, labels) on the device per list of indices: cached features, or images from the source."""
@@ -483,10 +371,11 @@ class Trainer:
         # A single process may stop at any step (no one to agree with).
         return self.step % SYNC_EVERY == 0 or self.step % self.steps_per_epoch == 0 or (self.dist.world == 1 and stop.requested)
 
-    def stop_or_nan(self, stop: StopRequest, loss_sum: torch.Tensor) -> bool:
-        """A host sync: raise NonFiniteLoss if the loss went NaN/Inf anywhere (before anything is
-        saved); True if a stop was requested anywhere (all processes leave at the same step)."""
-        flags = torch.tensor([float(stop.requested), float(not torch.isfinite(loss_sum).item())], device=self.device)
+    def stop_or_nan(self, stop: StopRequest) -> bool:
+        """A host sync: raise NonFiniteLoss if the epoch's loss went NaN/Inf anywhere (before anything
+        is saved); True if a stop was requested anywhere (all processes leave at the same step)."""
+        nan = not torch.isfinite(self.meter.sums["loss_sum"]).item()
+        flags = torch.tensor([float(stop.requested), float(nan)], device=self.device)
         if self.dist.world > 1:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         if flags[1]:
@@ -504,89 +393,21 @@ class Trainer:
         return bool(flags[0])
 
     def end_epoch(self, stop: StopRequest) -> bool:
-        """Validate the epoch that just ended, log it, save the checkpoint; False if stopped on the way."""
-        train = self.meter.state(self.dist.world)
-        val_start = time.perf_counter()
-        tally = self.validate(stop)
-        if tally is None or self.stop_or_nan(stop, torch.zeros(())):
+        """The epoch that just ended: the task's row (a validation), the checkpoint, the log; False if
+        stopped on the way."""
+        row = self.task.end_epoch(self.meter.state(self.dist.world), stop)
+        if row is None or self.stop_or_nan(stop):
             return False
-        val_seconds = time.perf_counter() - val_start
-        epoch = len(self.history) + 1
-        row = {
-            "epoch": epoch,
-            "train_loss": train["loss_sum"] / train["count"], "train_acc": train["correct"] / train["count"],
-            "val_loss": tally.loss, "val_acc": tally.acc,
-            "seconds": train["train_seconds"] + val_seconds + self.cache_seconds,
-            "lr": self.lr * self.scheduler.lr_lambdas[0](self.step - 1),
-            "train_seconds": train["train_seconds"], "val_seconds": val_seconds,
-            "cache_seconds": self.cache_seconds, "train_images_per_s": train["count"] / max(train["train_seconds"], 1e-9),
-            "cached": self.features["train"] is not None, "train_images": train["count"], "val_images": int(tally.count.item()),
-        }
-        if self.distiller is not None:
-            row.update(self.distiller.epoch_metrics(self.dist.world))
-        if self.cfg.fd_ratio:  # FDViT's two terms: classification, and the unweighted reconstruction MSE
-            recon = train["aux_sum"] / train["count"]
-            row.update(train_cls_loss=row["train_loss"] - self.cfg.fd_ratio * recon, train_recon_loss=recon)
         self.history.append(row)
-        self.last_confusion = tally.confusion.cpu()
         self.meter.load({})
-        self.cache_seconds = 0.0
         self.save_checkpoint()
         self.save_metrics()  # after the checkpoint: metrics.jsonl never has an epoch that checkpoint.pt lacks
-        self.log(f"epoch {epoch}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
-                 f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.2e}  "
-                 f"{row['seconds']:.1f} s ({row['train_images_per_s']:,.0f} img/s{', cached features' if row['cached'] else ''})")
-        if epoch == 2 and self.history[0]["cached"]:
-            self.log(speedup_line(self.history))
+        self.log(self.task.epoch_line(row))
         return True
 
     def stopped(self) -> bool:
         self.save_checkpoint()
         return False
-
-    @torch.no_grad()
-    def validate(self, stop: StopRequest) -> Optional[Tally]:
-        cached = self.features["val"] is not None
-        lists = epoch_batches(len(self.val_data), self.batch, self.dist, self.cfg.seed, 0, shuffle=False)
-        self.eval_net.eval()
-
-        def forward(inputs):
-            return self.eval_net(inputs if cached else self.partly_frozen.prefix(inputs))
-
-        # Processes hold unequal shares of the validation set, so only a single process may stop midway.
-        should_stop = (lambda: stop.requested) if self.dist.world == 1 else (lambda: False)
-        with self.bar(len(self.val_data), f"epoch {len(self.history) + 1}/{self.cfg.epochs} val") as bar:
-            tally = evaluate(forward, self.batches("val", lists), len(self.classes), self.device, self.dtype, bar, should_stop)
-        return tally.all_reduce() if tally is not None else None
-
-    # -- caches -------------------------------------------------------------------------------
-
-    def build_caches(self, stop: StopRequest) -> bool:
-        """The frozen prefix's features and the teacher's logits, once per run; False if stopped."""
-        from tinyvit import cache
-
-        should_stop = lambda: self.stop_or_nan(stop, torch.zeros(()))  # noqa: E731
-        for name, wanted, source in (("train", self.cache_train, self.train_data), ("val", self.cache_val, self.val_data)):
-            if not wanted or self.features[name] is not None:
-                continue
-            with self.bar(len(source), f"caching {name} features") as bar:
-                built = cache.build(
-                    self.partly_frozen.prefix, source, storage=self.cfg.cache, device=self.device, dtype=self.dtype,
-                    path=self.out / rundir.CACHE_DIR / f"{name}.npy", batch_size=self.batch, rank=self.dist.rank,
-                    world=self.dist.world, progress=bar, should_stop=should_stop,
-                )
-            if built is None:
-                return False
-            self.features[name] = built
-            self.cache_seconds += built.seconds
-            self.log(f"cached {name} features: {len(built):,} x {list(built.features.shape[1:])} {str(built.dtype)[6:]} "
-                     f"{WHERE[built.storage]} ({built.nbytes / 2**20:,.0f} MiB), {built.seconds:.1f} s, "
-                     f"{len(built) / max(built.seconds, 1e-9):,.0f} img/s through the frozen prefix")
-        if self.distiller is not None:  # the teacher's val accuracy, and its logits once when not augmenting
-            self.cache_seconds += self.distiller.build(
-                self.train_data, self.val_data, cached=not self.cfg.augment, dtype=self.dtype, batch_size=self.batch,
-                rank=self.dist.rank, world=self.dist.world, path=self.out / rundir.CACHE_DIR, progress=self.bar, log=self.log)
-        return True
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -607,21 +428,14 @@ class Trainer:
 
     def log_setup(self) -> None:
         cfg = self.cfg
-        self.log(self.partly_frozen.describe())
-        if getattr(self.model.cfg, "token_learner_tokens", 0):  # the compute TokenLearner saves
-            from tinyvit.flops import describe_token_learner
-
-            self.log(describe_token_learner(self.model.cfg))
-        layers_only = LAYERS_ONLY.get(self.model.arch)
-        if layers_only is not None:
-            self.log(f"forward FLOPs per image: {model_flops(self.model) / 1e9:.3f} G with the attention matmuls, "
-                     f"{layers_only(self.model) / 1e9:.3f} G layers only (2 FLOPs per multiply-add)")
+        for line in self.task.describe():
+            self.log(line)
         where = "one tensor on the device" if isinstance(self.train_data, TensorBatches) else "image files"
         self.log(f"{cfg.model} ({cfg.weights} weights) on {cfg.dataset}: {len(self.splits.train):,} train / "
-                 f"{len(self.splits.val):,} val images at {self.preprocess.image_size} px ({where}), {len(self.classes)} classes; "
+                 f"{len(self.val_data):,} val images at {self.preprocess.image_size} px ({where}), {len(self.classes)} classes; "
                  f"AdamW lr {self.lr:g} wd {cfg.weight_decay:g}, batch {cfg.batch_size}"
                  f"{f' ({self.dist.world} x {self.batch})' if self.dist.world > 1 else ''}, {self.steps_per_epoch} steps/epoch, "
-                 f"warm-up {self.warmup} steps, recipe: {self.recipe.describe()}, amp {str(self.dtype)[6:] if self.dtype else 'off'}, "
+                 f"warm-up {self.warmup} steps, recipe: {self.task.recipe.describe()}, amp {str(self.dtype)[6:] if self.dtype else 'off'}, "
                  f"{self.device}{', compiled' if cfg.compile else ''}")
         if self.steps_per_epoch < steps_per_epoch(len(self.train_data), self.batch, self.dist.world):
             self.log(f"note: the last training batch of each epoch would hold a single image (per process), which "
@@ -650,19 +464,18 @@ class Trainer:
         """Everything a resume needs, as tensors and plain Python values (torch.load(weights_only=True)).
         `epoch` and `batches_done` follow from `step`; they are there for readers (tinyvit.study)."""
         epoch, batches_done = self.position()
+        encoder = getattr(self.task, "encoder", self.model)  # what model_config describes (MAE: its encoder)
         return {
             "format": rundir.CHECKPOINT_FORMAT, "version": rundir.CHECKPOINT_VERSION,
             "config": self.run_config(),
-            "arch": arch_of(self.model),
-            "model_config": self.model.cfg.to_dict(), "preprocess": self.preprocess.to_dict(),
+            "arch": arch_of(encoder), "model_config": encoder.cfg.to_dict(), "preprocess": self.preprocess.to_dict(),
             # what tinyvit.export of an unfinished run serves with (model.safetensors's preprocessing)
             "eval_preprocess": data.eval_preprocess(self.preprocess, self.splits.low_res).to_dict(),
-            "classes": self.classes, "world_size": self.dist.world, "steps_per_epoch": self.steps_per_epoch,
-            "step": self.step, "epoch": epoch, "batches_done": batches_done,
-            "meters": meters, "history": self.history, "last_confusion": self.last_confusion,
+            "world_size": self.dist.world, "steps_per_epoch": self.steps_per_epoch,
+            "step": self.step, "epoch": epoch, "batches_done": batches_done, "meters": meters, "history": self.history,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": random_state(),
+            "rng": random_state(), **self.task.state(),
         }
 
     def save_checkpoint(self) -> None:
@@ -698,35 +511,9 @@ class Trainer:
                      f"{self.cfg.epochs} epochs and the learning rate continues on it")
         self.step, self.saved_step = step, step
         self.history = list(state["history"])
-        self.last_confusion = state["last_confusion"]
         if self.dist.main:  # the saved sums are over all processes: restored on one, summed by Meter.state
             self.meter.load(state["meters"])
         if self.dist.main or self.dist.world == 1:
             self.rng_state = state["rng"]
         else:  # only rank 0's RNG was saved; the others continue from a derived seed
             torch.manual_seed(hash((self.cfg.seed, self.dist.rank, step)) % 2**63)
-
-    # -- the end ------------------------------------------------------------------------------
-
-    def finish(self) -> dict:
-        """The final model, figures and summary (rank 0)."""
-        cfg = self.cfg
-        # The model carries the preprocessing it was trained with, so evaluate/predict reproduce it.
-        self.model.preprocess = data.eval_preprocess(self.preprocess, self.splits.low_res)
-        self.run.write_files(["model.safetensors", "config.json"], partial(save_pretrained, self.model))
-        trainable, total = freeze.count_parameters(self.model)
-        best = max(self.history, key=lambda r: r["val_acc"])
-        confusion = self.last_confusion
-        summary = {
-            "model": cfg.model, "weights": cfg.weights, "dataset": cfg.dataset, "unfreeze": cfg.unfreeze,
-            "image_size": self.preprocess.image_size, "epochs": len(self.history),
-            "final": self.history[-1], "best": best,
-            "trainable_params": trainable, "total_params": total,
-            "trainable_groups": self.partly_frozen.trainable_groups(),
-            "classes": self.classes, "per_class_acc": per_class_accuracy(confusion), "confusion": confusion.tolist(),
-            "timing": timing(self.history), "config": self.run_config(),
-        }
-        self.run.write_json("summary.json", summary)
-        self.run.write_files(["curves.png"], lambda d: plot_curves(self.history, d / "curves.png"))
-        self.run.write_files(["confusion.png"], lambda d: plot_confusion(confusion, self.classes, d / "confusion.png"))
-        return summary

@@ -25,7 +25,8 @@ from einops import rearrange, repeat
 from matplotlib.figure import Figure
 
 from tinyvit import data
-from tinyvit.mae import MaskedAutoencoder, mae_loss, mae_sincos_2d, patchify, pretrain_param_groups, random_masking
+from tinyvit.freeze import param_groups
+from tinyvit.mae import MaskedAutoencoder, mae_loss, mae_sincos_2d, patchify, random_masking
 from tinyvit.preprocess import Preprocess
 from tinyvit.vit import ViTConfig, VisionTransformer, sincos_2d
 
@@ -113,7 +114,7 @@ splits = data.load_splits("digits")
 pre = Preprocess(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", None)  # to 16 px, pixels to [-1, 1]
 tf = data.transforms(pre, True, False, source_size=8)[1]
 images = torch.stack([tf(splits.train[i][0]) for i in range(len(splits.train))])  # [1347, 3, 16, 16]
-opt = torch.optim.AdamW(pretrain_param_groups(mae, 0.05), lr=1.5e-3, betas=(0.9, 0.95))
+opt = torch.optim.AdamW(param_groups(mae, 0.05, skip=set()), lr=1.5e-3, betas=(0.9, 0.95))  # MAE decays the tokens too
 losses = []
 for epoch in range(12):
     order = torch.randperm(len(images))
