@@ -416,6 +416,8 @@ def main(argv=None) -> int:
                     f"model.safetensors + config.json (the encoder; python -m tinyvit.finetune --weights {out}), "
                     f"metrics.jsonl, summary.json, loss.png, reconstruction-epoch*.png")
         return 0
+    except rundir.WriteError as e:  # a full disk while writing a file: the run's files are as they were
+        raise SystemExit(f"tinyvit.pretrain: error: {e}") from None
     finally:
         if run is not None:
             run.close()

@@ -264,7 +264,7 @@ def plan_pretraining(models, specs: dict, checked: dict, seeds, data_seed: int, 
 
 def execute_pretraining(plans: list, log) -> int:
     """Run (or resume) the pretraining runs that have not finished, in this process."""
-    from tinyvit import pretrain
+    from tinyvit import pretrain, rundir
 
     for p in plans:
         if (p.out / "summary.json").is_file():
@@ -284,7 +284,7 @@ def execute_pretraining(plans: list, log) -> int:
         if code:
             log(f"{p.out.name}: failed (exit {code}); full log: {path}")
             return code
-        s = json.loads((p.out / "summary.json").read_text())
+        s = rundir.read_summary(p.out)
         log(f"{p.out.name}: MAE loss {s['final_loss']:.4f} after {s['steps']} steps, {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -515,6 +515,7 @@ def _flops_per_image(model) -> int:
 
 def gather(runs: list[Run], full: int) -> list[dict]:
     from tinyvit.convert import load_pretrained
+    from tinyvit import rundir
 
     flops_cache = {}
     rows = []
@@ -533,7 +534,7 @@ def gather(runs: list[Run], full: int) -> list[dict]:
             # What the run did (its own record), not what this plan would give it today.
             "epochs": s["epochs"], "passes": s["epochs"] * repeat,
             "steps": sum(math.ceil(r["train_images"] / batch) for r in history),
-            **({"pretrain_steps": json.loads((run.pretrain / "summary.json").read_text())["steps"]} if run.pretrain else {}),
+            **({"pretrain_steps": rundir.read_summary(run.pretrain)["steps"]} if run.pretrain else {}),
             "params": s["total_params"], "flops_per_image": flops_cache[key],
             "final_val_acc": round(s["final"]["val_acc"], 6), "best_val_acc": round(s["best"]["val_acc"], 6),
             "seconds": round(sum(r["seconds"] for r in history), 1), "run": run.out.name,
