@@ -282,9 +282,14 @@ def _as_its_directory(path: Path) -> Path:
     its config.json says the architecture and the preprocessing the model was evaluated with, which
     the file alone would leave to a guess (a timm state dict's 248/224 bicubic crop for a run that
     resized 32 px straight). A file of a run that has no such config.json yet is refused, naming it."""
-    if not path.is_file() or path.name == "checkpoint.pt":  # _unwrap says what a run's checkpoint.pt is
+    if not path.is_file():
+        return path
+    run = rundir.run_of(path)  # a file of a run: the bytes the run wrote, whichever file it is
+    if path.name == "checkpoint.pt":  # _unwrap says what a run's checkpoint.pt is
         return path
     folder, config = path.parent, path.parent / "config.json"
+    if run is not None and config.is_file():
+        rundir.verify(config)  # what decides below
     try:
         ours = config.is_file() and json.loads(config.read_text()).get("format") == FORMAT
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
@@ -300,6 +305,30 @@ def _as_its_directory(path: Path) -> Path:
     return path
 
 
+def _weights_of(source: Path) -> Path:
+    """The weight file of a directory in Hugging Face / timm hub / tinyvit layout."""
+    found = [source / n for n in ("model.safetensors", "pytorch_model.bin") if (source / n).is_file()]
+    if not found:
+        if (source / "checkpoint.pt").is_file():  # a tinyvit.finetune run that has not finished
+            raise CheckpointError(f"{source}: no model.safetensors yet; " + _run_hint(source))
+        sharded = [n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+                   if (source / n).is_file()]
+        hint = f" (sharded checkpoints, {sharded[0]}, are not supported)" if sharded else ""
+        raise CheckpointError(
+            f"{source}: a directory without weights: expected model.safetensors or pytorch_model.bin{hint}"
+        )
+    if not (source / "config.json").is_file():
+        # Every layout read here keeps its preprocessing and architecture in config.json, and
+        # every writer (save_pretrained, tinyvit.export, a finished run) writes it after the
+        # weights: weights alone are a write that did not finish, and guessing the rest would
+        # load them with another family's resizing.
+        raise CheckpointError(
+            f"{source}: weights without config.json (a save or export that did not finish?); nothing was "
+            f"loaded. Load {found[0]} itself to read it with its family's default preprocessing"
+        )
+    return found[0]  # safetensors first: it cannot hold code
+
+
 def read_checkpoint(source) -> Checkpoint:
     """A weight file, or a directory in Hugging Face / timm hub / tinyvit layout."""
     if not isinstance(source, (str, os.PathLike)):
@@ -307,41 +336,18 @@ def read_checkpoint(source) -> Checkpoint:
     source = Path(source)
     if not source.exists():
         raise MissingFileError(f"{source}: no such checkpoint file or directory")
-    source = _as_its_directory(source)
-    config = preprocessor = None
-    if source.is_dir():
-        if (source / "config.json").is_file():
-            config = _read_json(source / "config.json")
-        if (source / "preprocessor_config.json").is_file():
-            preprocessor = _read_json(source / "preprocessor_config.json")
-        found = [source / n for n in ("model.safetensors", "pytorch_model.bin") if (source / n).is_file()]
-        if not found:
-            if (source / "checkpoint.pt").is_file():  # a tinyvit.finetune run that has not finished
-                raise CheckpointError(f"{source}: no model.safetensors yet; " + _run_hint(source))
-            sharded = [n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-                       if (source / n).is_file()]
-            hint = f" (sharded checkpoints, {sharded[0]}, are not supported)" if sharded else ""
-            raise CheckpointError(
-                f"{source}: a directory without weights: expected model.safetensors or pytorch_model.bin{hint}"
-            )
-        if config is None:
-            # Every layout read here keeps its preprocessing and architecture in config.json, and
-            # every writer (save_pretrained, tinyvit.export, a finished run) writes it after the
-            # weights: weights alone are a write that did not finish, and guessing the rest would
-            # load them with another family's resizing.
-            raise CheckpointError(
-                f"{source}: weights without config.json (a save or export that did not finish?); nothing was "
-                f"loaded. Load {found[0]} itself to read it with its family's default preprocessing"
-            )
-        weights = found[0]  # safetensors first: it cannot hold code
-    else:
-        weights = source
-    try:  # in a run directory of tinyvit.finetune: the bytes the run wrote (its manifest's SHA-256)
-        for path in (weights, source / "config.json") if source.is_dir() else (weights,):
+    try:  # in a run directory: every file read is first checked against the run's manifest
+        source = _as_its_directory(source)
+        weights = _weights_of(source) if source.is_dir() else source
+        for path in (weights, source / "config.json", source / "preprocessor_config.json") if source.is_dir() else ():
             if path.is_file():
                 rundir.verify(path)
     except (rundir.ChecksumError, rundir.RunDirError) as e:
         raise CheckpointError(str(e)) from None
+    config = _read_json(source / "config.json") if source.is_dir() else None
+    preprocessor = None
+    if source.is_dir() and (source / "preprocessor_config.json").is_file():
+        preprocessor = _read_json(source / "preprocessor_config.json")
     tensors, wrapper = read_tensors(weights)
     if not tensors:
         raise CheckpointError(f"{weights}: holds no tensors")

@@ -479,8 +479,10 @@ def load_source(source) -> tuple[nn.Module, Optional[list]]:
     path = Path(source)
     if not path.exists():
         raise MissingFileError(f"{path}: no such run directory or checkpoint")
-    if path.is_file() and (path.parent / rundir.MANIFEST).is_file():
-        path = path.parent
+    try:
+        path = rundir.run_of(path) or path  # a file of a run, verified, stands for its run
+    except (rundir.ChecksumError, rundir.RunDirError) as e:
+        raise CheckpointError(str(e)) from None
     if path.is_dir() and (path / rundir.MANIFEST).is_file() and not (path / "config.json").is_file():
         if not (path / "checkpoint.pt").is_file():
             raise ExportError(f"{path}: a run that has written neither its model nor a checkpoint yet; nothing to export")

@@ -22,11 +22,16 @@ what makes those safe. Its guarantees, in the order a run meets them:
    only regular files directly in the directory, and a recorded name that is now a link, a folder
    or a device is refused by name, never followed or entered. The lock is opened with `O_NOFOLLOW`
    and must be a regular file with no other name (a hard link would share its bytes).
-3. What is read is what was written. The manifest holds each file's SHA-256. `--resume`,
-   `tinyvit.evaluate --model-dir`, `tinyvit.predict --model-dir` and `tinyvit.load_pretrained`
-   (a run directory, or a file in one) check the files they read (`verify`) and name the file on
-   a mismatch: a flipped bit in checkpoint.pt or model.safetensors is refused, not trained on.
-   A directory with no manifest (`tinyvit.save_pretrained`, a Hugging Face download) is read unchecked.
+3. What is read is what was written. The manifest holds each file's size and SHA-256, and every
+   file of a run is read through `verify` first: `--resume` (tinyvit.finetune's and
+   tinyvit.pretrain's), `tinyvit.load_pretrained`, `tinyvit.export`, `tinyvit.evaluate`,
+   `tinyvit.predict`, `tinyvit.compare`, `--weights` and `--teacher` of tinyvit.finetune, and the
+   study's reads of its runs. A file named for its run (`export RUN/checkpoint.pt`) is verified
+   itself (`run_of`), even where the run's other files are what is then read; a file a reader
+   decides by is verified too (`holds`: a pretraining run's pretrain.json). A mismatch is refused in
+   one line naming the file: a flipped bit in checkpoint.pt or model.safetensors changes a weight,
+   not into a NaN, so no later check would catch it. A directory with no manifest
+   (`tinyvit.save_pretrained`, a Hugging Face download) is read unchecked.
 4. Every write is atomic and survives `kill -9` at any instant. A file is written in full into
    a private `.tinyvit-tmp-*` folder beside its target, fsynced, hashed, recorded in the manifest,
    then renamed over the target in one step. A write refused for space (a full disk, a quota) is
@@ -51,7 +56,7 @@ the first of these that applies is used:
 and otherwise None: the run says it cannot tell whether the data changed, and goes on.
 
 The readers of a run's small files, each verified, are here too, so that every layer above can use
-them: `read_classes` (classes.json) and `read_metrics` (metrics.jsonl); and `CHECKPOINT_FORMAT`, what
+them: `read_classes` (classes.json), `read_metrics` (metrics.jsonl) and `read_summary` (summary.json); and `CHECKPOINT_FORMAT`, what
 checkpoint.pt says it is (tinyvit/checkpoint.py `read_run_state` reads it).
 """
 from __future__ import annotations
@@ -175,23 +180,52 @@ def _is_regular(path: Path) -> bool:
 
 
 def verify(path) -> None:
-    """Check a file of a run directory against the SHA-256 its manifest recorded when the run wrote
-    it. A file in a directory without a manifest is not checked (nothing says what it should be)."""
+    """Check a file of a run directory against the size and SHA-256 its manifest recorded when the run
+    wrote it, before anything reads it. A file in a directory without a manifest is not checked
+    (nothing says what it should be). A mismatch is one `ChecksumError` naming the file."""
     path = Path(path)
     manifest = read_manifest(path.parent)
     if manifest is None:
         return
     entry = manifest["files"].get(path.name)
     if entry is None:
-        raise ChecksumError(f"{path}: not a file the run in {path.parent} wrote ({MANIFEST} does not list it)")
+        raise ChecksumError(f"{path}: not a file the run in {path.parent} wrote ({MANIFEST} does not list it); not used")
     if not _is_regular(path):
         raise ChecksumError(f"{path}: not a regular file (a link, a folder or a device), so not the file the run wrote")
-    digest = sha256_file(path)
-    if digest not in (entry["sha256"], entry.get("replacing")):
+    size, replacing = path.stat().st_size, entry.get("replacing")  # (replacing: the size of that version is not kept)
+    digest = sha256_file(path) if size == entry["bytes"] or replacing else None
+    if digest is None or digest not in (entry["sha256"], replacing):
+        found = f"SHA-256 {digest[:16]}..." if digest else f"{size:,} bytes"
+        recorded = f"SHA-256 {entry['sha256'][:16]}..." if digest else f"{entry['bytes']:,}"
         raise ChecksumError(
-            f"{path}: corrupt or changed since the run wrote it (SHA-256 {digest[:16]}..., "
-            f"{MANIFEST} recorded {entry['sha256'][:16]}...)"
+            f"{path}: corrupt or changed since the run wrote it ({found}, {MANIFEST} recorded {recorded}); "
+            f"not used: restore the run from a copy, or run it again (--force starts it over)"
         )
+
+
+def run_of(path) -> Optional[Path]:
+    """The run directory `path` stands for (the directory itself, or the folder of a file in it), or
+    None outside a run. A file named for its run is verified first: whichever file of a run a reader
+    is given, a changed one is refused, even when the reader then uses the run's other files."""
+    path = Path(path)
+    if path.is_dir():
+        return path if (path / MANIFEST).is_file() else None
+    if not (path.parent / MANIFEST).is_file():
+        return None
+    if path.name != MANIFEST:  # the manifest is checked by reading it
+        verify(path)
+    read_manifest(path.parent)
+    return path.parent
+
+
+def holds(directory, name: str) -> bool:
+    """Whether `directory` holds the file `name`, verified where it is a run's (a marker a reader
+    decides by, such as a pretraining run's pretrain.json, counts only as the run wrote it)."""
+    path = Path(directory) / name
+    if not path.is_file():
+        return False
+    verify(path)
+    return True
 
 
 def is_scratch(name: str) -> bool:
@@ -385,6 +419,8 @@ class RunDir:
     def close(self) -> None:
         shutil.rmtree(self.dir / CACHE_DIR, ignore_errors=True)
         self.lock.release()
+        if self.manifest is None:  # never started (`start` failed): as `abandon`
+            _remove_empty(self.created)
 
     def start(self, fresh: bool, dataset: dict) -> None:
         """Fresh: remove the files an earlier run recorded (`check` has made sure nothing else is
@@ -401,15 +437,27 @@ class RunDir:
             elif not fresh:
                 self.log(f"warning: {self.dir} has no {MANIFEST} (a run of an older tinyvit): checkpoint.pt "
                          f"could not be verified; files are recorded from now on")
-            self.manifest = {"format": FORMAT, "version": VERSION, "dataset": dataset, "files": {}}
+            manifest = {"format": FORMAT, "version": VERSION, "dataset": dataset, "files": {}}
         else:
-            self.manifest = old  # with the data it runs on now (check_dataset has allowed any change)
+            manifest = old  # with the data it runs on now (check_dataset has allowed any change)
             old["dataset"] = {**(old.get("dataset") or {}), **{k: v for k, v in dataset.items() if v is not None}}
             for name, entry in old["files"].items():  # a write that a kill cut between record and rename
                 previous, path = entry.pop("replacing", None), self.dir / name
                 if previous and _is_regular(path) and sha256_file(path) == previous:
                     entry.update(sha256=previous, bytes=path.stat().st_size)  # the old version stayed
-        self._save()
+        try:
+            self._save(manifest)
+        except (OSError, RuntimeError) as e:
+            full = _disk_full(e)
+            if full is None:
+                raise
+            if fresh and old is not None:  # its files are gone: a manifest listing them would describe nothing
+                (self.dir / MANIFEST).unlink(missing_ok=True)
+            kept = "the run's files are as they were" if not fresh else \
+                "the files of the run before it were removed (--force)" if old is not None else "nothing was written"
+            raise WriteError(f"cannot write {MANIFEST} into {self.dir} (disk full? {full}); the run did not start, "
+                             f"{kept}; free some space, or choose another --out") from None
+        self.manifest = manifest
 
     def check_dataset(self, now: dict, allow_change: bool, what: str) -> None:
         """--resume: the splits must be the ones the run began with (`now` as from `fingerprints`)."""
@@ -476,8 +524,9 @@ class RunDir:
         if entry.pop("replacing", None):
             self._save()
 
-    def _save(self) -> None:
-        write_atomic(self.dir / MANIFEST, lambda f: f.write((json.dumps(self.manifest, indent=1) + "\n").encode()))
+    def _save(self, manifest: Optional[dict] = None) -> None:
+        manifest = manifest or self.manifest
+        write_atomic(self.dir / MANIFEST, lambda f: f.write((json.dumps(manifest, indent=1) + "\n").encode()))
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -602,3 +651,18 @@ def read_classes(model_dir: Path) -> list[str] | None:
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise TinyvitError(f"{path}: expected a JSON list of class names")
     return classes
+
+
+def read_summary(run_dir) -> dict:
+    """summary.json of a run (tinyvit.finetune's or tinyvit.pretrain's), verified first."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no summary.json; the run in {run_dir} has not finished")
+    verify(path)
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TinyvitError(f"{path}: not readable ({e})") from None
+    if not isinstance(summary, dict):
+        raise TinyvitError(f"{path}: expected a JSON object")
+    return summary

@@ -487,6 +487,7 @@ def _flops_per_image(model) -> int:
 
 def gather(runs: list[Run], full: int) -> list[dict]:
     from tinyvit.convert import load_pretrained
+    from tinyvit import rundir
 
     flops_cache = {}
     rows = []

@@ -69,7 +69,7 @@ def load_model(cfg, num_classes: int, warn: Callable[[str], None]) -> nn.Module:
         source = Path(cfg.weights)
         if not source.exists():
             raise MissingFileError(f"--weights {source}: no such file or directory")
-        if (source / PRETRAIN_FILE).is_file():  # a tinyvit.pretrain run: its encoder, with a new head
+        if rundir.holds(source, PRETRAIN_FILE):  # a tinyvit.pretrain run (verified): its encoder, with a new head
             from tinyvit.convert import load_pretrained
 
             wanted = {**PRESETS[cfg.model]["config"], **overrides}
