@@ -37,8 +37,8 @@ and pastes one PIL patch per point: hours for a dataset):
   in a margin of PAD rendered pixels (the original's 6 of 362, to scale).
 - **Fill threshold.** The original keeps a system whose 100,000 points cover 20% of a 512 x 512
   image. Points per pixel fall with the side squared, so the same rule at another size accepts
-  other systems. Here the search draws 6,250 points (the original's density) at the 128-pixel render
-  side and keeps a system whose points cover FILL_THRESHOLD of it. FILL_THRESHOLD = 0.2125 was chosen
+  other systems. Here the search draws 6,250 points (the original's density) at SEARCH_SIDE = 128 px,
+  whatever the size of the images (so fractals of 16 and of 32 px have the same categories), and keeps a system whose points cover FILL_THRESHOLD of it. FILL_THRESHOLD = 0.2125 was chosen
   by `calibrate`, which runs the original rule as written (vectorised) next to this one on the same
   3,000 candidates of seed 0: the original keeps 82 (2.7%); this rule at 0.2125 keeps 103, 76 of them
   among the original's 82, and the two rules agree on 98.9% of the candidates, the best agreement on a
@@ -62,6 +62,7 @@ SEARCH_POINTS_PER_PIXEL = 100_000 / 512**2  # ifs_search.py: 100,000 points at 5
 FILL_THRESHOLD = 0.2125  # of the rendered pixels, at SEARCH_POINTS_PER_PIXEL; `calibrate` chose it
 CHAINS = 1000
 BURN_IN = 20
+SEARCH_SIDE = 128  # the fill test's image side, whatever the images' size: the categories do not depend on it
 PAD = 2  # rendered pixels of margin: the original's 6 of 362 at the 128-px render side
 
 
@@ -149,7 +150,7 @@ def fill_rate(systems: list, side: int, rngs: list, points_per_pixel: float = SE
     return hit.reshape(len(systems), -1).mean(1)
 
 
-def search(categories: int, seed: int = 0, side: int = 32 * RENDER_SCALE, threshold: float = FILL_THRESHOLD,
+def search(categories: int, seed: int = 0, side: int = SEARCH_SIDE, threshold: float = FILL_THRESHOLD,
            batch: int = 64) -> list[np.ndarray]:
     """`categories` IFS (each [N, 7]) that pass the fill test, in the order drawn. Candidate k is drawn
     from the stream (seed, 0, k) and iterated with (seed, 1, k), so the result does not depend on `batch`."""
@@ -193,7 +194,7 @@ def generate(categories: int, instances: int, size: int = 32, seed: int = 0, bat
     """FractalDB at `size` px: images [categories * instances, size, size] uint8 (category-major),
     labels [categories * instances] int64, and the categories' systems. Each rendering (category,
     weight row, patch draw) is drawn from the stream (seed, 2, category, row, draw) and gives 4 flips."""
-    systems = search(categories, seed, size * RENDER_SCALE) if systems is None else systems
+    systems = search(categories, seed) if systems is None else systems
     renders = math.ceil(instances / 4)
     jobs = [(c, r % len(WEIGHTS), r // len(WEIGHTS)) for c in range(categories) for r in range(renders)]
     drawn = []
@@ -207,7 +208,7 @@ def generate(categories: int, instances: int, size: int = 32, seed: int = 0, bat
     return np.ascontiguousarray(images), labels, systems
 
 
-def calibrate(candidates: int = 3000, seed: int = 0, side: int = 32 * RENDER_SCALE) -> dict:
+def calibrate(candidates: int = 3000, seed: int = 0, side: int = SEARCH_SIDE) -> dict:
     """The original fill test next to this module's, on the same candidates: the threshold at which
     this one accepts about as many as the original, and how often the two agree there.
 
