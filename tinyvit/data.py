@@ -354,9 +354,9 @@ FRACTAL_VAL = 5  # one rendering in 5 of each category (all 4 of its flips) is h
 def fractal_spec(name: str) -> dict:
     """`fractals` or `fractals:categories=50,instances=40,size=16,seed=1` -> the settings (defaults:
     FRACTAL_DEFAULTS); a bad key or value raises DatasetError naming it."""
-    head, _, rest = name.partition(":")
+    head, sep, rest = name.partition(":")
     where = f"--dataset {name}"
-    if head != FRACTALS or (_ and not rest):
+    if head != FRACTALS or (sep and not rest):
         raise DatasetError(f"{where}: expected {FRACTALS} or {FRACTALS}:KEY=VALUE,... with keys {', '.join(FRACTAL_DEFAULTS)}")
     spec = dict(FRACTAL_DEFAULTS)
     for item in filter(None, rest.split(",")):

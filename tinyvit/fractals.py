@@ -44,8 +44,9 @@ and pastes one PIL patch per point: hours for a dataset):
   among the original's 82, and the two rules agree on 98.9% of the candidates, the best agreement on a
   grid of thresholds 0.15, 0.1625, ..., 0.275 (0.20: 162 kept, 97.2%; 0.225: 58 kept, 98.8%).
 
-Speed (bench: `python -m bench fractals`): 100 categories x 100 instances at 32 px, search and
-rendering, in about 20 s on a 2-core CPU (measured 2026-12-05).
+Speed (`python -m bench fractals`, bench/results/cpu/fractals.json): 100 categories x 100 instances
+at 32 px in 37.7 s on a 2-core Xeon with another job on the other core (load 1.8-2.3): the search
+6.0 s, the rendering 31.7 s (2026-12-05; numpy uses one core here).
 """
 from __future__ import annotations
 
