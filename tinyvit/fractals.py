@@ -124,10 +124,10 @@ def orbits(systems: list, points: int, rngs: list) -> tuple[np.ndarray, np.ndarr
 
 
 def to_pixels(x: np.ndarray, y: np.ndarray, side: int, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Min-max rescaling of each row into [pad, side - 1 - pad] (ifs_function.__rescale; the start
-    (0, 0) is always among its points, so its shift-then-divide is this), integer pixel columns and
-    rows, and which points were finite (a diverging orbit overflows: those points are dropped, as the
-    original drops its NaNs)."""
+    """Min-max rescaling of each row into [pad, side - 1 - pad] (ifs_function.__rescale: its orbit
+    starts at (0, 0), so its shift-then-divide is a min-max rescaling), integer pixel columns and
+    rows, and which points were finite (a diverging orbit can overflow: those points are dropped, as
+    the original drops its NaNs)."""
     ok = np.isfinite(x) & np.isfinite(y)
     with np.errstate(invalid="ignore", over="ignore"):
         out = []
