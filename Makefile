@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 OUT    ?= runs
 EXTRAS := test,data
 
-.PHONY: study demo scaling sweep levers test test-latest lock test-gpu bench clean
+.PHONY: study demo scaling sweep levers transfer test test-latest lock test-gpu bench clean
 
 # The virtual environment, rebuilt when pyproject.toml or constraints.txt changes: pyproject.toml's
 # ranges, pinned to the exact versions CI tested (constraints.txt, written by `make lock`), so a new
@@ -111,6 +111,43 @@ levers: $(VENV)/.installed
 		--pretrain 'vit_mae=$(LEVERS_MAE)' 'vit_mae_lsa=$(LEVERS_MAE)' \
 		--teacher vit_distilled=resnet18 vit_conv_stem_distilled=resnet18 --reference knn logreg \
 		--train-sizes $(LEVERS_SIZES) --seeds $(LEVERS_SEEDS) $(LEVERS_EXTRA) --title "digits: levers for a small-data ViT" -- $(DIGITS)
+
+# Transfer learning with nothing downloaded (studies/digits-transfer, issue 32): the demo's ViT and
+# ResNet-18 pretrained with labels on FractalDB (tinyvit/fractals.py: 100 categories x 100 instances at
+# 32 px, cached in data/fractals/ once, 8,000 training / 2,000 held-out images), then fine-tuned on
+# the digits at the demo's 4 training sizes and 3 seeds with --unfreeze head, last and all, against
+# the same models from scratch (the demo's recipe). Every arm of a model makes the demo's number of
+# optimizer steps (ViT 605, ResNet 88 of 128 images); head and last train on the frozen prefix's
+# cached features (--recipe none --no-augment: no RandAugment, which would need the whole forward
+# every step), at the learning rates of the pilots (README there). A finished pretraining run is
+# kept; the study skips finished runs. TRANSFER_SEEDS=0 takes about a third.
+TRANSFER_DATA := fractals:categories=100,instances=100,size=32,seed=0
+TRANSFER_PRE := --dataset $(TRANSFER_DATA) --data-dir data --weights none --unfreeze all --num-workers 0 --no-progress
+TRANSFER_VIT_PRE ?= --recipe scratch --mixup 0 --cutmix 0 --batch-size 128 --epochs 40
+TRANSFER_RESNET_PRE ?= --batch-size 128 --lr 1e-3 --epochs 15
+TRANSFER_SIZES ?= 0.05 0.15 0.4 1.0
+TRANSFER_SEEDS ?= 0 1 2
+TRANSFER_EXTRA ?=
+TRANSFER := $(OUT)/transfer
+TRANSFER_RESNET := resnet18 --image-size 32 --epochs 8
+CACHED := --recipe none --no-augment
+transfer: $(VENV)/.installed
+	test -f $(TRANSFER)/pretrain-vit/summary.json || $(PY) -m tinyvit.finetune --model $(LEVERS_VIT) $(TRANSFER_PRE) \
+		$(TRANSFER_VIT_PRE) --out $(TRANSFER)/pretrain-vit
+	test -f $(TRANSFER)/pretrain-resnet18/summary.json || $(PY) -m tinyvit.finetune --model $(TRANSFER_RESNET) \
+		$(TRANSFER_PRE) $(TRANSFER_RESNET_PRE) --out $(TRANSFER)/pretrain-resnet18
+	$(PY) -m tinyvit.study --out $(TRANSFER) --models 'vit=$(LEVERS_VIT)' \
+		'vit_head=$(LEVERS_VIT) --weights $(TRANSFER)/pretrain-vit --unfreeze head $(CACHED) --lr 1e-3' \
+		'vit_last=$(LEVERS_VIT) --weights $(TRANSFER)/pretrain-vit --unfreeze last $(CACHED) --lr 1e-3' \
+		'vit_all=$(LEVERS_VIT) --weights $(TRANSFER)/pretrain-vit' \
+		'vit_last_random=$(LEVERS_VIT) --weights none --unfreeze last $(CACHED) --lr 1e-3' \
+		'resnet18=$(TRANSFER_RESNET)' \
+		'resnet18_head=$(TRANSFER_RESNET) --weights $(TRANSFER)/pretrain-resnet18 --unfreeze head $(CACHED) --lr 1e-2' \
+		'resnet18_last=$(TRANSFER_RESNET) --weights $(TRANSFER)/pretrain-resnet18 --unfreeze last $(CACHED) --lr 3e-3' \
+		'resnet18_all=$(TRANSFER_RESNET) --weights $(TRANSFER)/pretrain-resnet18' \
+		'resnet18_last_random=$(TRANSFER_RESNET) --weights none --unfreeze last $(CACHED) --lr 3e-3' \
+		--train-sizes $(TRANSFER_SIZES) --seeds $(TRANSFER_SEEDS) $(TRANSFER_EXTRA) \
+		--title "digits: fractal pretraining, then head / last block / all" -- $(DIGITS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -m "not gpu" -q

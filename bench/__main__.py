@@ -4,6 +4,7 @@
     python -m bench attention --sets vit                       one benchmark; options as python -m bench.attention
     python -m bench targets --update-readme
     python -m bench cpu --cases infer-vit-ti-224                tinyvit vs timm/torchvision on CPU (bench/cpu.py)
+    python -m bench fractals                                    FractalDB generation time on CPU (bench/fractals.py)
 
 `all` measures the device limits once and shares them (and one results file) with every benchmark,
 writing the file after each one, so a failure late in the run keeps what came before.
@@ -23,6 +24,7 @@ COMMANDS = {
     "finetune": "bench.finetune",
     "targets": "bench.targets",
     "cpu": "bench.cpu",  # CPU ratios against timm/torchvision, rotated rounds (not part of `all`)
+    "fractals": "bench.fractals",  # FractalDB generation on the CPU (not part of `all`)
 }
 BENCHMARKS = ("attention", "layernorm", "vit", "finetune")  # what `all` runs, in this order
 

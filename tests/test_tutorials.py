@@ -41,6 +41,7 @@ PLOTS = {
     "15": ["15_locality.png"],
     "16": ["16_fdvit.png"],
     "17": ["17_hf_trainer.png"],
+    "18": ["18_fractals.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMEOUT_S = 300  # each takes ~5-20 s on 2 idle cores; the margin is for a loaded machine

@@ -7,6 +7,8 @@ Every dataset here yields (PIL image, label), so one set of transforms serves al
     synthetic           generated 32x32 images with learnable structure, for offline runs
     digits              scikit-learn's bundled 8x8 handwritten digits (1,797 real scans, offline)
     mnist, fashion-mnist torchvision's classes, 28x28 grayscale, downloaded into --data-dir when missing
+    fractals[:K=V,...]   FractalDB drawn offline (tinyvit/fractals.py), cached in --data-dir/fractals/:
+                         fractals:categories=100,instances=100,size=32,seed=0 (the defaults; fractal_db)
     hf:NAME_OR_PATH     a Hugging Face `datasets` dataset: a hub name or a save_to_disk folder
 
 The transforms come from the checkpoint (`model.preprocess`: mean/std, resolution, interpolation),
@@ -30,6 +32,7 @@ time on the training device (tinyvit/augment.py).
 """
 from __future__ import annotations
 
+import io
 import math
 import re
 from dataclasses import dataclass, replace
@@ -65,6 +68,9 @@ DATASETS = {  # and hf:NAME (CIFAR-sized images: Traits(size=their side); photos
     # is not a digit. Neither shifts nor flips for them; MNIST is shifted but not mirrored either.
     "digits": Traits(size=8, flip=False, shift=False),
     "mnist": Traits(size=28, flip=False),
+    # FractalDB holds its 4 flips as instances already (the official ViT recipe sets hflip 0); its
+    # ResNet recipe crops at random (a shift). fractals:size=N sets the side.
+    "fractals": Traits(flip=False),
     "fashion-mnist": Traits(size=28),
 }
 HF_PREFIX = "hf:"
@@ -333,6 +339,99 @@ def digits() -> tuple[ArrayImages, ArrayImages, list[str]]:
               "split": f"train_test_split(test_size={DIGITS_VAL}, random_state=0, stratify=y)"}
     return (ArrayImages(x_train, y_train, classes, {**source, "part": "train"}),
             ArrayImages(x_val, y_val, classes, {**source, "part": "val"}), classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fractals: FractalDB generated offline (tinyvit/fractals.py), cached once under --data-dir.
+# ---------------------------------------------------------------------------------------------
+
+FRACTALS = "fractals"
+FRACTAL_DEFAULTS = {"categories": 100, "instances": 100, "size": 32, "seed": 0}
+FRACTAL_FORMAT = "tinyvit.fractals/1"  # bump when tinyvit/fractals.py draws other images: old caches are then refused
+FRACTAL_VAL = 5  # one rendering in 5 of each category (all 4 of its flips) is held out for validation
+
+
+def fractal_spec(name: str) -> dict:
+    """`fractals` or `fractals:categories=50,instances=40,size=16,seed=1` -> the settings (defaults:
+    FRACTAL_DEFAULTS); a bad key or value raises DatasetError naming it."""
+    head, sep, rest = name.partition(":")
+    where = f"--dataset {name}"
+    if head != FRACTALS or (sep and not rest):
+        raise DatasetError(f"{where}: expected {FRACTALS} or {FRACTALS}:KEY=VALUE,... with keys {', '.join(FRACTAL_DEFAULTS)}")
+    spec = dict(FRACTAL_DEFAULTS)
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if key not in spec or not eq or not re.fullmatch(r"\d+", value):
+            raise DatasetError(f"{where}: {item!r}: expected KEY=INTEGER with KEY one of {', '.join(FRACTAL_DEFAULTS)}")
+        spec[key] = int(value)
+    if spec["categories"] < 2 or spec["instances"] < 8 or spec["instances"] % 4 or spec["size"] < 8:
+        raise DatasetError(f"{where}: expected categories >= 2, instances a multiple of 4 (the 4 flips of each "
+                           f"rendering) and >= 8 (some held out), size >= 8; got {spec}")
+    if spec["categories"] * spec["instances"] * spec["size"] ** 2 * 3 > IN_MEMORY_LIMIT:
+        raise DatasetError(f"{where}: {spec['categories'] * spec['instances']:,} images of {spec['size']} px do not fit "
+                           f"the {IN_MEMORY_LIMIT >> 30} GiB held in memory; use fewer or smaller")
+    return spec
+
+
+def fractal_cache(spec: dict, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The images [n, size, size] uint8 and labels [n] of a FractalDB setting, from its cache file in
+    data_dir/fractals/, generated and written there first (atomically) when it is not there.
+
+    The file (.npz) comes with a record (.json) of its settings, FRACTAL_FORMAT and SHA-256; a file
+    whose bytes, settings or format do not match its record, or that has no record, is refused in
+    one line naming it (never overwritten: delete it to generate it again)."""
+    import hashlib
+    import json
+
+    from tinyvit import fractals
+    from tinyvit.atomic import write_atomic
+
+    folder = Path(data_dir) / FRACTALS
+    stem = f"{FRACTALS}-c{spec['categories']}-i{spec['instances']}-s{spec['size']}-seed{spec['seed']}"
+    path, record_path = folder / f"{stem}.npz", folder / f"{stem}.json"
+    wanted = {"format": FRACTAL_FORMAT, **spec}
+    if not path.exists() and not record_path.exists():
+        images, labels, _ = fractals.generate(spec["categories"], spec["instances"], spec["size"], spec["seed"])
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, images=images, labels=labels)
+        write_atomic(path, lambda f: f.write(buf.getvalue()))
+        record = {**wanted, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+        write_atomic(record_path, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
+        return images, labels
+    again = f"delete {path} and {record_path.name} to generate it again"
+    try:
+        record = json.loads(record_path.read_text())
+        blob = path.read_bytes()
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: a fractal cache without a readable record ({type(e).__name__}: {e}); {again}") from None
+    if not isinstance(record, dict) or {k: record.get(k) for k in wanted} != wanted:
+        raise DatasetError(f"{record_path}: records settings {record!r}, not the {wanted!r} asked for; {again}")
+    if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
+        raise DatasetError(f"{path}: its SHA-256 is not the one its record holds (a truncated or changed file); {again}")
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        return z["images"], z["labels"]
+
+
+def fractal_db(name: str, data_dir: Optional[Path]) -> tuple[ArrayImages, ArrayImages, list[str], int]:
+    """--dataset fractals[:KEY=VALUE,...]: FractalDB (tinyvit/fractals.py) with `categories` classes of
+    `instances` images of `size` px drawn with `seed`. Each category's renderings (a weight row and its
+    patch draw) are split, never their flips: a random fifth of them (seeded), with all 4 flips, is the
+    validation split, so no mirror image of a training image is validated on. Returns (train, val,
+    classes, size)."""
+    spec = fractal_spec(name)
+    if data_dir is None:
+        raise DatasetError(f"--dataset {name} needs --data-dir (where its generated images are cached)")
+    images, labels = fractal_cache(spec, data_dir)
+    renders = spec["instances"] // 4
+    val = np.zeros(len(labels), dtype=bool)
+    for c in range(spec["categories"]):
+        held = np.random.default_rng([spec["seed"], 4, c]).permutation(renders)[:max(1, renders // FRACTAL_VAL)]
+        val[c * spec["instances"] + (held[:, None] * 4 + np.arange(4)).ravel()] = True
+    classes = [f"fractal{c:0{len(str(spec['categories'] - 1))}d}" for c in range(spec["categories"])]
+    source = {"dataset": FRACTALS, "format": FRACTAL_FORMAT, **spec}
+    return (ArrayImages(images[~val], labels[~val], classes, {**source, "part": "train"}),
+            ArrayImages(images[val], labels[val], classes, {**source, "part": "val"}), classes, spec["size"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -671,6 +770,27 @@ def limit(dataset: Dataset, n: Optional[int], seed: int) -> Dataset:
     return Subset(dataset, sorted(torch.randperm(len(dataset), generator=g)[:n].tolist()))
 
 
+def check_name(name: str) -> str:
+    """A dataset name as the commands take it: one of DATASETS, fractals:KEY=VALUE,... or hf:NAME_OR_PATH;
+    anything else raises DatasetError."""
+    if name.partition(":")[0] == FRACTALS:
+        fractal_spec(name)
+    elif name not in DATASETS and not (name.startswith(HF_PREFIX) and len(name) > len(HF_PREFIX)):
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, "
+                           f"{FRACTALS}:KEY=VALUE,... or {HF_PREFIX}NAME_OR_PATH")
+    return name
+
+
+def dataset_arg(text: str) -> str:
+    """check_name as an argparse type (--dataset of tinyvit.finetune and tinyvit.evaluate)."""
+    import argparse
+
+    try:
+        return check_name(text)
+    except DatasetError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def load_splits(
     name: str,
     data_dir: Optional[Path] = None,
@@ -690,6 +810,10 @@ def load_splits(
         train, val, classes = cifar(name, data_dir)
     elif name == "digits":
         train, val, classes = digits()
+    elif name.partition(":")[0] == FRACTALS:
+        train, val, classes, side = fractal_db(name, data_dir)
+        return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), classes,
+                      replace(DATASETS[FRACTALS], size=side))
     elif name in ("mnist", "fashion-mnist"):
         if data_dir is None:
             raise DatasetError(f"--dataset {name} needs --data-dir (where the dataset is, or is downloaded to)")
@@ -705,7 +829,7 @@ def load_splits(
             raise DatasetError("--dataset imagefolder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/")
         train, val, classes = image_folder(data_dir)
     else:
-        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} or {HF_PREFIX}NAME_OR_PATH")
+        check_name(name)
     # The subset draws depend on the split, so limit_train == limit_val does not pick the same positions.
     return Splits(limit(train, limit_train, seed), limit(val, limit_val, seed + 1), list(classes), DATASETS[name])
 

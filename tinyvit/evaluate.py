@@ -124,12 +124,13 @@ class EvalConfig:
 
 
 def parse_args(argv=None) -> EvalConfig:
-    from tinyvit.data import DATASETS
+    from tinyvit.data import DATASETS, dataset_arg
 
     d = EvalConfig(model_dir="")
     p = argparse.ArgumentParser(prog="python -m tinyvit.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", required=True, help="a saved model (any format tinyvit.load_pretrained reads)")
-    p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    p.add_argument("--dataset", type=dataset_arg, default=d.dataset,
+                   help=f"{', '.join(DATASETS)}, fractals:KEY=VALUE,... or hf:NAME_OR_PATH (default: {d.dataset})")
     p.add_argument("--data-dir", default=d.data_dir, help=f"where the dataset is (default: {d.data_dir})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ... (default: auto)")

@@ -126,7 +126,8 @@ def build_parser(prog: str = "tinyvit.finetune", description: str = __doc__, def
     p = Offered(parser, flags)
     p.add_argument("--model", choices=list(PRESETS), metavar="PRESET", help=f"a preset of tinyvit.PRESETS (default: {d.model})")
     p.add_argument("--weights", help="official (default: the preset's published weights), none (random init), or a checkpoint path")
-    p.add_argument("--dataset", type=_dataset_arg, help=f"{', '.join(data.DATASETS)} or hf:NAME_OR_PATH (default: {d.dataset})")
+    p.add_argument("--dataset", type=data.dataset_arg, help=f"{', '.join(data.DATASETS)}, fractals:KEY=VALUE,... "
+                   f"(tinyvit/data.py fractal_db) or hf:NAME_OR_PATH (default: {d.dataset})")
     p.add_argument("--data-dir", help=f"dataset location; CIFAR downloads here when missing (default: {d.data_dir})")
     p.add_argument("--image-size", type=int, help="training resolution (default: the checkpoint's); CIFAR is upsampled to it")
     p.add_argument("--unfreeze", type=_unfreeze_arg, help="head | last (default) | all | N: the last N blocks/stages train")
@@ -203,12 +204,6 @@ def at_least_zero(kind):
         return value
     parse.__name__ = kind.__name__
     return parse
-
-
-def _dataset_arg(text: str) -> str:
-    if text in data.DATASETS or (text.startswith(data.HF_PREFIX) and len(text) > len(data.HF_PREFIX)):
-        return text
-    raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(data.DATASETS)} or hf:NAME_OR_PATH")
 
 
 def _unfreeze_arg(text: str) -> str:

@@ -36,6 +36,9 @@ Levers a run needs from another run (the levers study, `make levers`):
   images of the full training split without labels, with the model's own --model, --image-size and
   --override, the study's --dataset, and FLAGS (--epochs, --blr, --mask-ratio, ...); every run of
   LABEL with that seed then starts from its encoder (`--weights`). Its steps are in the table.
+- **Supervised pretraining**: a model whose flags give `--weights DIR`, DIR a finished
+  tinyvit.finetune run (e.g. on `--dataset fractals`, `make transfer`), starts every run from it;
+  that run's steps, seconds and final validation accuracy become columns of results.csv.
 - **Distillation**, `--teacher LABEL=TEACHER`: each run of LABEL distils from the run of model
   TEACHER with the same training images and seed (`--teacher`), so the teacher saw the same labels
   and no others. TEACHER's runs go first.
@@ -180,7 +183,7 @@ class Run:
     repeat: int = 1
     steps: int = 0
     argv: list = field(default_factory=list)
-    pretrain: Optional["Run"] = None  # the tinyvit.pretrain run whose encoder it fine-tunes
+    pretrain: Optional["Run"] = None  # the run it starts from: its --pretrain run, or the finished run its --weights names
     entry: str = "finetune"  # the command that makes it: tinyvit.finetune, or tinyvit.pretrain
 
     @property
@@ -506,12 +509,24 @@ def gather(runs: list[Run], full: int) -> list[dict]:
             # What the run did (its own record), not what this plan would give it today.
             "epochs": s["epochs"], "passes": s["epochs"] * repeat,
             "steps": sum(math.ceil(r["train_images"] / batch) for r in history),
-            **({"pretrain_steps": read_summary(run.pretrain)["steps"]} if run.pretrain else {}),
+            **(pretrain_columns(run.pretrain) if run.pretrain else {}),
             "params": s["total_params"], "flops_per_image": flops_cache[key],
             "final_val_acc": round(s["final"]["val_acc"], 6), "best_val_acc": round(s["best"]["val_acc"], 6),
             "seconds": round(sum(r["seconds"] for r in history), 1), "run": run.out.name,
         })
     return rows
+
+
+def pretrain_columns(pre: Run) -> dict:
+    """What a run's pretraining cost: its steps and seconds; a supervised one (a tinyvit.finetune run
+    given as --weights) also its final validation accuracy on its own dataset (held-out fractals ...)."""
+    s = read_run_file(pre, "summary.json")
+    if "final" not in s:  # tinyvit.pretrain (MAE): no labels, no accuracy
+        return {"pretrain_steps": s["steps"], "pretrain_seconds": round(s["seconds"], 1)}
+    history = read_run_file(pre, "metrics.jsonl")
+    return {"pretrain_steps": sum(math.ceil(r["train_images"] / s["config"]["batch_size"]) for r in history),
+            "pretrain_seconds": round(sum(r["seconds"] for r in history), 1),
+            "pretrain_val_acc": round(s["final"]["val_acc"], 6)}
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -730,13 +745,18 @@ def check_arguments(args, passthrough: list) -> Setup:
     return Setup(models, grid, checked, pretrain, teachers, cfg, full, sizes)
 
 
-def link_levers(runs: list[Run], pretraining: dict, teachers: dict) -> None:
-    """A pretrained model's runs start from their seed's pretraining run; a student distils from the
-    teacher's run on the same images, seed and overrides, and the teachers' runs go first."""
+def link_levers(runs: list[Run], pretraining: dict, teachers: dict, checked: Optional[dict] = None) -> None:
+    """A pretrained model's runs start from their seed's pretraining run, or from the finished
+    tinyvit.finetune run its --weights names (supervised pretraining, e.g. on fractals: its cost and
+    accuracy go into the table); a student distils from the teacher's run on the same images, seed
+    and overrides, and the teachers' runs go first."""
     for run in runs:
+        cfg = (checked or {}).get(run.model.label)
         if (run.model.label, run.seed) in pretraining:
             run.pretrain = pretraining[(run.model.label, run.seed)]
             run.argv += ["--weights", str(run.pretrain.out)]
+        elif cfg is not None and (Path(cfg.weights) / "summary.json").is_file():
+            run.pretrain = Run(ModelSpec(Path(cfg.weights).name, ""), 0, {}, 0, Path(cfg.weights))
         if run.model.label in teachers:
             twin = next(r for r in runs if r.model.label == teachers[run.model.label] and r.size == run.size
                         and r.seed == run.seed and r.overrides == run.overrides)
@@ -771,7 +791,7 @@ def study(args, passthrough: list, log) -> int:
                 setup.cfg.epochs, args.same_epochs, args.data_seed, out, passthrough,
                 per_model={label: (c.batch_size, c.epochs) for label, c in setup.checked.items()})
     pretraining = plan_pretraining(setup.models, setup.pretrain, setup.checked, args.seeds, args.data_seed, out)
-    link_levers(runs, pretraining, setup.teachers)
+    link_levers(runs, pretraining, setup.teachers, setup.checked)
     check_recorded(list(pretraining.values()) + runs)  # a run already there must have been made by this plan
     out.mkdir(parents=True, exist_ok=True)
     budgets = "" if args.same_epochs else "; optimizer steps per run: " + ", ".join(

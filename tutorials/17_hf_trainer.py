@@ -174,3 +174,6 @@ work.cleanup()
 #
 # What the export buys is the ecosystem: `pipeline("image-classification", model=hf_dir)`,
 # `push_to_hub`, PEFT adapters and the Trainer's callbacks all take the folder as it is.
+#
+# Next: [18_fractal_transfer.py](18_fractal_transfer.py) pretrains on fractals drawn from formulas,
+# so that the last-block fine-tuning of the study starts from learned features with nothing downloaded.
