@@ -26,11 +26,14 @@ RUN = TINY + DIGITS + FIXMATCH + ["--epochs", "3"]
 
 
 def test_the_mask_keeps_pseudo_labels_at_or_past_tau_and_the_mean_counts_every_image():
-    weak = torch.log(torch.tensor([[0.96, 0.02, 0.02], [0.50, 0.25, 0.25], [0.02, 0.95, 0.03], [0.1, 0.1, 0.8]]))
+    weak = torch.log(torch.tensor([[0.96, 0.02, 0.02], [0.50, 0.25, 0.25], [0.02, 0.97, 0.01], [0.1, 0.1, 0.8]]))
     weak.requires_grad_(True)
     strong = torch.randn(4, 3, requires_grad=True)
     loss, mask = unlabelled_loss(weak, strong, 0.95)
-    assert mask.tolist() == [1.0, 0.0, 1.0, 0.0]  # 0.96 and 0.95 pass; 0.5 and 0.8 do not
+    assert mask.tolist() == [1.0, 0.0, 1.0, 0.0]  # 0.96 and 0.97 pass; 0.5 and 0.8 do not
+    at = weak.detach().softmax(1)[0].max().item()
+    assert unlabelled_loss(weak, strong, at)[1].tolist() == [1.0, 0.0, 1.0, 0.0]  # a probability equal to tau passes
+    assert unlabelled_loss(weak, strong, at + 1e-6)[1].tolist() == [0.0, 0.0, 1.0, 0.0]
     ce = nn.functional.cross_entropy(strong, torch.tensor([0, 0, 1, 2]), reduction="none")
     torch.testing.assert_close(loss, (ce[0] + ce[2]) / 4)  # divided by all four, not the two kept
     loss.backward()
@@ -104,17 +107,18 @@ def corrupting_labels(monkeypatch):
 
 
 def test_the_labels_of_unlabelled_images_are_never_read(tmp_path, monkeypatch, capsys):
-    assert finetune.main(RUN + ["--epochs", "2", "--out", str(tmp_path / "clean")]) == 0
+    assert finetune.main(RUN + ["--epochs", "2", "--tau", "0", "--out", str(tmp_path / "clean")]) == 0
     log = capsys.readouterr().out
     assert "FixMatch: 1,299 unlabelled images" in log and "x 16 = 32 per step" in log
     corrupting_labels(monkeypatch)
-    assert finetune.main(RUN + ["--epochs", "2", "--out", str(tmp_path / "garbage")]) == 0
+    assert finetune.main(RUN + ["--epochs", "2", "--tau", "0", "--out", str(tmp_path / "garbage")]) == 0
     rows, clean = metrics(tmp_path / "garbage"), metrics(tmp_path / "clean")
-    assert without_times(rows) == without_times(clean) and 0 < rows[-1]["mask_rate"] <= 1
+    # tau 0: every pseudo-label trains, so the unlabelled images shape the run (and never their labels)
+    assert without_times(rows) == without_times(clean) and rows[-1]["mask_rate"] == 1 and rows[-1]["train_unlabelled_loss"] > 0
     a, b = (tinyvit.load_pretrained(tmp_path / name).state_dict() for name in ("clean", "garbage"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     config = json.loads((tmp_path / "clean" / "summary.json").read_text())["config"]
-    assert (config["unlabelled"], config["mu"], config["tau"], config["lambda_u"], config["ema"]) == ("rest", 2, 0.2, 1.0, None)
+    assert (config["unlabelled"], config["mu"], config["tau"], config["lambda_u"], config["ema"]) == ("rest", 2, 0.0, 1.0, None)
 
 
 def test_ctrl_c_mid_epoch_then_resume_gives_the_uninterrupted_run_ema_included(tmp_path, monkeypatch, capsys):

@@ -62,7 +62,8 @@ def task_of(cfg):
     if cfg.unlabelled not in UNLABELLED:
         raise TinyvitError(f"--unlabelled {cfg.unlabelled!r}: expected one of {', '.join(UNLABELLED)}")
     if cfg.unlabelled == "none":
-        if cfg.ema is not None or (cfg.mu, cfg.tau, cfg.lambda_u) != (7, 0.95, 1.0):
+        default = type(cfg)()
+        if any(getattr(cfg, k) != getattr(default, k) for k in ("mu", "tau", "lambda_u", "ema")):
             raise TinyvitError("--mu, --tau, --lambda-u and --ema set FixMatch, which needs --unlabelled rest")
         return TASKS[cfg.method]
     if cfg.method is not None:
