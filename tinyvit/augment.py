@@ -13,6 +13,10 @@ same for every step of tinyvit's low-res augmentation, in the order the per-imag
     float [b, 3, S, S], normalised with the checkpoint's mean/std
       erasing   a random rectangle set to 0 (the mean colour) with probability p, torchvision's draw
 
+FixMatch's strong view (tinyvit/fixmatch.py) swaps the policy for FixMatchRandAugment (a magnitude
+drawn per image and op, each op applied with probability 1/2) and adds Cutout, a grey square of half
+the side, before normalising.
+
 Every random number of a step comes from one generator seeded by (seed, step), drawn for the
 whole global batch, so a resumed run and a run on N processes (each taking every N-th image of
 the global batch, as the DistributedSampler hands them out) see the same augmentation. MixUp and
@@ -78,14 +82,14 @@ def flip(x: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
     return torch.where(mirrored[:, None, None, None], x.flip(-1), x)
 
 
-def erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """x [b, c, h, w] with boxes[k] = (top, left, height, width) set to 0; height 0 erases nothing."""
+def erase(x: torch.Tensor, boxes: torch.Tensor, value: float = 0) -> torch.Tensor:
+    """x [b, c, h, w] with boxes[k] = (top, left, height, width) set to `value`; height 0 erases nothing."""
     h, w = x.shape[-2:]
     y = torch.arange(h, device=x.device)[None, :, None]  # [1, h, 1]
     z = torch.arange(w, device=x.device)[None, None, :]  # [1, 1, w]
     top, left, height, width = (v[:, None, None] for v in boxes.unbind(1))  # each [b, 1, 1]
     inside = (y >= top) & (y < top + height) & (z >= left) & (z < left + width)  # [b, h, w]
-    return x.masked_fill(inside[:, None], 0)
+    return x.masked_fill(inside[:, None], value)
 
 
 def erasing_boxes(n: int, h: int, w: int, p: float, g: torch.Generator,
@@ -141,6 +145,48 @@ class RandAugment:
         return x
 
 
+class FixMatchRandAugment(RandAugment):
+    """FixMatch's strong policy (Sohn et al. 2020, sec. 2.3 and appendix; the PyTorch port
+    kekmodel/FixMatch-pytorch `RandAugmentMC(n=2, m=10)`): 2 ops of the same 14, each applied with
+    probability 1/2 at a magnitude drawn per image and op, uniformly from 1/10 to 9/10 of the op's
+    range. The ops, their ranges and signs are torchvision's table (as RandAugment above), not the
+    port's PIL ranges (e.g. its translation reaches 0.3 of the side, torchvision's 0.45)."""
+
+    LEVELS = tuple(range(3, 30, 3))  # torchvision's bins 3, 6, ... 27 of 0..30: 0.1 ... 0.9 of each range
+
+    def draw(self, n: int, g: torch.Generator) -> dict:
+        return {**super().draw(n, g), "level": torch.randint(len(self.LEVELS), (n, RANDAUGMENT_OPS), generator=g),
+                "skipped": torch.rand(n, RANDAUGMENT_OPS, generator=g) >= 0.5}
+
+    def __call__(self, x: torch.Tensor, ops: torch.Tensor, negative: torch.Tensor, level: torch.Tensor = None,
+                 skipped: torch.Tensor = None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x, L = x.clone(), len(self.LEVELS)
+        for slot in range(ops.shape[1]):  # the images that drew the same (op, sign, level) go together
+            key = ((ops[:, slot] * 2 + negative[:, slot]) * L + level[:, slot]).masked_fill(skipped[:, slot], -1)
+            for value in key.unique().tolist():
+                if value < 0:
+                    continue
+                (k, neg), m = divmod(value // L, 2), value % L
+                name, (magnitudes, signed) = self.ops[k]
+                values = magnitudes(RANDAUGMENT_BINS, h, w)
+                magnitude = 0.0 if values is None else float(values[self.LEVELS[m]])
+                index = (key == value).nonzero()[:, 0].to(x.device)
+                x[index] = self.policy._apply_image_or_video_transform(
+                    x[index], name, (-1 if signed and neg else 1) * magnitude, interpolation=self.policy.interpolation,
+                    fill=self.policy._fill)
+        return x
+
+
+def cutout_boxes(n: int, size: int, side: int, g: torch.Generator) -> torch.Tensor:
+    """FixMatch's Cutout (the port's `CutoutAbs`, the official code's ctaugment `cutout` at level 1): a
+    square of `side` pixels centred uniformly in the image, clipped at its border; (top, left, h, w) [n, 4]."""
+    centre = torch.rand(n, 2, generator=g) * size
+    start = (centre - side / 2).clamp(min=0).long()
+    end = (start + side).clamp(max=size)
+    return torch.cat([start, end - start], 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # The pipeline.
 # ---------------------------------------------------------------------------------------------
@@ -159,9 +205,11 @@ class BatchAugment:
     flip: bool = False
     randaugment: bool = False
     random_erasing: float = 0.0
+    strong: bool = False  # FixMatch's strong view: FixMatchRandAugment, then Cutout of half the side in grey
 
     def __post_init__(self):
-        self.policy = RandAugment(self.interpolation) if self.randaugment else None
+        policy = FixMatchRandAugment if self.strong else RandAugment if self.randaugment else None
+        self.policy = policy and policy(self.interpolation)
 
     def draw(self, n: int, g: torch.Generator) -> dict:
         """Every random number n images need, [n, ...] each (a DDP process takes every world-th row)."""
@@ -174,6 +222,8 @@ class BatchAugment:
             params.update(self.policy.draw(n, g))
         if self.random_erasing > 0:
             params["boxes"] = erasing_boxes(n, self.image_size, self.image_size, self.random_erasing, g)
+        if self.strong:
+            params["cutout"] = cutout_boxes(n, self.image_size, self.image_size // 2, g)
         return params
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +252,9 @@ class BatchAugment:
             x = flip(x, on(params["mirrored"]))
         x = self.resize(x)
         if self.policy is not None:
-            x = self.policy(x, params["ops"], params["negative"])
+            x = self.policy(x, **{k: params[k] for k in ("ops", "negative", "level", "skipped") if k in params})
+        if "cutout" in params:  # grey (127), as the port's PIL rectangle; the official code's 0.5 in [0, 1]
+            x = erase(x, on(params["cutout"]), 127)
         x = self.normalise(x)
         if "boxes" in params:
             x = erase(x, on(params["boxes"]))

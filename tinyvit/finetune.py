@@ -178,6 +178,14 @@ def build_parser(prog: str = "tinyvit.finetune", description: str = __doc__, def
     p.add_argument("--fd-ratio", type=float, help="FDViT: weight of the FD layers' masked reconstruction loss "
                    "(official 0.03; default 0: no decoders)")
     p.add_argument("--fd-mask", type=float, help=f"FDViT: probability a token is masked for it (default: {d.fd_mask})")
+    g = p.add_argument_group("semi-supervised: FixMatch (tinyvit/fixmatch.py)")
+    g.add_argument("--unlabelled", choices=("none", "rest"), help="rest: FixMatch also learns from the training images "
+                   "--limit-train leaves out, their labels never read; none (default): the labelled images only")
+    g.add_argument("--mu", type=int, help=f"FixMatch: unlabelled images per labelled one in each step (default: {d.mu})")
+    g.add_argument("--tau", type=float, help=f"FixMatch: confidence a pseudo-label needs (default: {d.tau})")
+    g.add_argument("--lambda-u", type=at_least_zero(float), help=f"FixMatch: weight of the unlabelled loss (default: {d.lambda_u})")
+    g.add_argument("--ema", type=float, metavar="DECAY", help="FixMatch: validate and save a moving average of the "
+                   "weights with this decay (default: 0.999; 0: off)")
     if flags is None:
         return parser
     # Self-supervised pretraining (tinyvit.pretrain): MAE's settings.

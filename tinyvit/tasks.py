@@ -8,13 +8,14 @@ differs between objectives:
                          after MixUp/CutMix: tinyvit/recipe.py), plus DeiT's distillation term
                          (tinyvit/distill.py) and FDViT's reconstruction term (--fd-ratio, tinyvit/fdvit.py).
                          Validation at each epoch's end; a frozen prefix's features cached (tinyvit/cache.py).
+                         FixMatch (tinyvit/fixmatch.py, --unlabelled rest) is Classification plus unlabelled images.
     MaskedImageModeling  MAE (tinyvit/mae.py; `python -m tinyvit.pretrain`): the training images without
                          their labels, no validation split read; a reconstruction figure per epoch; the
                          encoder is the run's model, for `finetune --weights RUN`.
 
 A task is built with the Trainer, reads what it set up (config, device, data, run directory), and
 answers: `model` (what checkpoint.pt holds) and `network` (what a step calls), `param_groups(lr)`,
-`loss(inputs, targets, labels, indices, meter)`, `prepare(stop)`, `end_epoch(train_sums, stop)` (the
+`loss(inputs, targets, labels, indices, meter)`, `after_step()`, `prepare(stop)`, `end_epoch(train_sums, stop)` (the
 epoch's row), `epoch_line(row)`, `state()` (its part of checkpoint.pt), `start(run)` and `finish()`.
 """
 from __future__ import annotations
@@ -158,6 +159,9 @@ class Classification:
 
     def param_groups(self, lr: float) -> list[dict]:
         return freeze.param_groups(self.model, self.t.cfg.weight_decay, self.t.cfg.layer_decay, lr)
+
+    def after_step(self) -> None:
+        """After each optimizer step (tinyvit/fixmatch.py: its weights' moving average)."""
 
     def loss(self, inputs, targets, labels, indices, meter) -> torch.Tensor:
         t = self.t
@@ -366,6 +370,9 @@ class MaskedImageModeling:
 
     def prepare(self, stop) -> bool:
         return True
+
+    def after_step(self) -> None:
+        pass
 
     def end_epoch(self, train: dict, stop) -> dict:
         t = self.t

@@ -108,6 +108,12 @@ class Config:
     decoder_depth: int = 2
     decoder_heads: int = 4
     norm_pix_loss: bool = False
+    # FixMatch (tinyvit/fixmatch.py): "rest" learns also from the training images --limit-train leaves out.
+    unlabelled: str = "none"
+    mu: int = 7  # unlabelled images per labelled one in a step
+    tau: float = 0.95  # the confidence a pseudo-label needs
+    lambda_u: float = 1.0  # weight of the unlabelled loss
+    ema: Optional[float] = None  # decay of the weights' average used for evaluation; None: 0.999 with FixMatch
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -277,7 +283,7 @@ class Trainer:
     tinyvit/schedule.py), and so does a resume."""
 
     def __init__(self, cfg: Config, dist: Dist, device: torch.device, resume_state: Optional[dict] = None):
-        from tinyvit.tasks import TASKS
+        from tinyvit.fixmatch import task_of
 
         check_config(cfg, dist)
         self.cfg, self.dist, self.device = cfg, dist, device
@@ -287,7 +293,7 @@ class Trainer:
         num_workers = cfg.num_workers if cfg.num_workers is not None else min(8, (os.cpu_count() or 1) // dist.world)
         torch.manual_seed(cfg.seed)  # the same initialisation on every process
         random.seed(cfg.seed)
-        task = TASKS[cfg.method]
+        task = task_of(cfg)
         self.splits = build_data(cfg, task.validates)
         self.classes = self.splits.classes
         for note in self.splits.notes:  # how the labels were read (hf: string labels ...)
@@ -342,6 +348,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.task.after_step()  # FixMatch: the weights' moving average
         return loss
 
     def train_batches(self, epoch: int, start: int):
