@@ -6,14 +6,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= runs
 
-.PHONY: study demo scaling sweep levers test test-gpu bench clean
+.PHONY: study demo scaling sweep levers test test-gpu bench docs clean
 
 # The virtual environment, rebuilt when pyproject.toml changes. `pip install torch torchvision`
 # as a Linux user gets it: the CUDA build, which also runs on the CPU.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,data]'
+	$(PY) -m pip install -e '.[test,data,docs]'
 	touch $@
 
 # Malpure et al. 2021: ImageNet-pretrained ViT-B/16, DeiT-B and ResNet-50, only the last block /
@@ -99,5 +99,13 @@ test-gpu: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench all
 
+# The documentation site, offline: README, ARCHITECTURE, every tutorial executed as a notebook in its
+# own kernel (output and figures inline; one that raises fails the build), a page per study, the API
+# from the docstrings; a Sphinx warning (a broken link, a malformed docstring) fails it too. Open
+# docs/_build/html/index.html. docs/conf.py says how; tests/test_docs_site.py
+# checks the result in headless Chromium.
+docs: $(VENV)/.installed
+	$(PY) -m sphinx -b html -j 2 -W --keep-going -c docs -d docs/_build/doctrees . docs/_build/html
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis docs/_build docs/_generated
