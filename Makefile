@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= runs
-EXTRAS := test,data
+EXTRAS := test,data,docs
 
-.PHONY: study demo scaling sweep levers transfer test test-latest lock test-gpu bench clean
+.PHONY: study demo scaling sweep levers transfer test test-latest lock test-gpu bench docs clean
 
 # The virtual environment, rebuilt when pyproject.toml or constraints.txt changes: pyproject.toml's
 # ranges, pinned to the exact versions CI tested (constraints.txt, written by `make lock`), so a new
@@ -159,5 +159,17 @@ test-gpu: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench all
 
+# The documentation site, offline: README, ARCHITECTURE, every tutorial executed as a notebook in its
+# own kernel (output and figures inline; one that raises fails the build), a page per study, the API
+# from the docstrings; a Sphinx warning (a broken link, a malformed docstring) fails it too. Open
+# docs/_build/html/index.html. docs/conf.py says how; tests/test_docs_site.py
+# checks the result in headless Chromium.
+docs: $(VENV)/.installed
+	$(PY) -m sphinx -b html -j 2 -W --keep-going -c docs -d docs/_build/doctrees . docs/_build/html
+
 clean:
+<<<<<<< HEAD
 	rm -rf $(VENV) .venv-latest *.egg-info .pytest_cache .hypothesis
+=======
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis docs/_build docs/_generated
+>>>>>>> i35

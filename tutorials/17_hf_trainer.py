@@ -31,7 +31,7 @@ from PIL import Image
 
 from tinyvit import data, export, finetune
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook runs in tutorials/
 OUT = Path(os.environ.get("TINYVIT_TUTORIAL_OUT", HERE / "out"))
 OUT.mkdir(parents=True, exist_ok=True)
 work = tempfile.TemporaryDirectory(dir=OUT, prefix="17_work_")  # inside OUT, removed at the end
