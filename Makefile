@@ -168,8 +168,4 @@ docs: $(VENV)/.installed
 	$(PY) -m sphinx -b html -j 2 -W --keep-going -c docs -d docs/_build/doctrees . docs/_build/html
 
 clean:
-<<<<<<< HEAD
-	rm -rf $(VENV) .venv-latest *.egg-info .pytest_cache .hypothesis
-=======
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis docs/_build docs/_generated
->>>>>>> i35
+	rm -rf $(VENV) .venv-latest *.egg-info .pytest_cache .hypothesis docs/_build docs/_generated
