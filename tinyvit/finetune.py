@@ -168,6 +168,13 @@ def build_parser(prog: str = "tinyvit.finetune", description: str = __doc__, def
     p.add_argument("--repeat-train", type=int, metavar="K", help="an epoch passes K times over the training images (default: 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained part of the model (for GPUs; "
                    "it gained nothing on a 2-core CPU, bench/README.md)")
+    add_objective_flags(p, d, pretraining=flags is not None)
+    return parser
+
+
+def add_objective_flags(p: Offered, d: Config, pretraining: bool) -> None:
+    """The flags of what a run trains for (tinyvit/tasks.py): the recipe, distillation, FDViT's
+    reconstruction term; and, for the pretraining command, MAE's."""
     recipe.add_arguments(p)
     p.add_argument("--teacher", metavar="PATH", help="distil from this model (any format tinyvit.load_pretrained reads, "
                    "a run directory too); it must predict the dataset's classes (DeiT, see tinyvit/distill.py)")
@@ -177,9 +184,8 @@ def build_parser(prog: str = "tinyvit.finetune", description: str = __doc__, def
     p.add_argument("--fd-ratio", type=float, help="FDViT: weight of the FD layers' masked reconstruction loss "
                    "(official 0.03; default 0: no decoders)")
     p.add_argument("--fd-mask", type=float, help=f"FDViT: probability a token is masked for it (default: {d.fd_mask})")
-    if flags is None:
-        return parser
-    # Self-supervised pretraining (tinyvit.pretrain): MAE's settings.
+    if not pretraining:
+        return
     p.add_argument("--method", choices=("mae",), help="the self-supervised method (default: mae)")
     p.add_argument("--blr", type=at_least_zero(float), help=f"base learning rate: lr = blr x batch / 256 (default: {d.blr})")
     p.add_argument("--mask-ratio", type=float, help=f"fraction of the patches hidden (default: {d.mask_ratio})")
@@ -187,7 +193,6 @@ def build_parser(prog: str = "tinyvit.finetune", description: str = __doc__, def
     p.add_argument("--decoder-depth", type=int, help=f"decoder blocks (default: {d.decoder_depth}; MAE's models: 8)")
     p.add_argument("--decoder-heads", type=int, help=f"decoder heads (default: {d.decoder_heads}; MAE's models: 16)")
     p.add_argument("--norm-pix-loss", action="store_true", help="targets: each patch normalised to mean 0, variance 1")
-    return parser
 
 
 def at_least_zero(kind):
