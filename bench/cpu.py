@@ -306,6 +306,35 @@ def case_checkpoint(case: Case, models: dict, images, labels) -> tuple[dict, str
     return {"tinyvit": plain, "tinyvit-checkpoint": checkpointed}, "tinyvit", {}
 
 
+def loop_trainer(cfg, in_memory: bool = True):
+    """tinyvit's Trainer for `cfg` on the CPU; in_memory=False sends it down the per-image path."""
+    from tinyvit import data
+    from tinyvit.processes import Dist
+    from tinyvit.trainer import Trainer
+
+    limit = data.IN_MEMORY_LIMIT
+    data.IN_MEMORY_LIMIT = limit if in_memory else 0  # 0: the per-image path
+    try:
+        return Trainer(cfg, Dist(), torch.device("cpu"))
+    finally:
+        data.IN_MEMORY_LIMIT = limit
+
+
+def loop_step(t, n: int = 1) -> Callable:
+    """A side: n training steps of Trainer t, through its own batches, epoch after epoch."""
+    state = {"epoch": 0, "batches": iter(())}
+
+    def step():
+        for _ in range(n):
+            batch_ = next(state["batches"], None)
+            if batch_ is None:  # the next epoch's batches, as Trainer.fit takes them
+                state["epoch"] += 1
+                state["batches"] = t.train_batches(state["epoch"], 0)
+                batch_ = next(state["batches"])
+            t.train_step(*batch_)
+    return step
+
+
 def case_loop(case: Case, batch: int, smoke: bool) -> tuple[dict, str, dict]:
     """Training images per second, data included, of one step of tinyvit's loop (Trainer.train_batches
     and train_step, as `python -m tinyvit.finetune` runs them) against a minimal loop written by hand:
@@ -315,10 +344,8 @@ def case_loop(case: Case, batch: int, smoke: bool) -> tuple[dict, str, dict]:
     without it (what every dataset used before issue 23)."""
     import copy
 
-    from tinyvit import data, finetune, freeze
+    from tinyvit import finetune, freeze
     from tinyvit.batches import TensorBatches
-    from tinyvit.processes import Dist
-    from tinyvit.trainer import Trainer
 
     argv = ["--model", case.model, *case.flags, "--weights", "none", "--unfreeze", "all", "--lr", "1e-3",
             "--batch-size", str(batch), "--num-workers", "0", "--no-progress", "--epochs", "100", "--warmup-epochs", "0"]
@@ -327,25 +354,7 @@ def case_loop(case: Case, batch: int, smoke: bool) -> tuple[dict, str, dict]:
     augmented = ["--recipe", "scratch", "--mixup", "0", "--cutmix", "0", "--lr", "1e-3"]
 
     def trainer(*extra, in_memory=True):
-        cfg, _ = finetune.parse_args(argv + list(extra))
-        limit = data.IN_MEMORY_LIMIT
-        data.IN_MEMORY_LIMIT = limit if in_memory else 0  # 0: the per-image path
-        try:
-            return Trainer(cfg, Dist(), torch.device("cpu"))
-        finally:
-            data.IN_MEMORY_LIMIT = limit
-
-    def loop_step(t):
-        state = {"epoch": 0, "batches": iter(())}
-
-        def step():
-            batch_ = next(state["batches"], None)
-            if batch_ is None:  # the next epoch's batches, as Trainer.fit takes them
-                state["epoch"] += 1
-                state["batches"] = t.train_batches(state["epoch"], 0)
-                batch_ = next(state["batches"])
-            t.train_step(*batch_)
-        return step
+        return loop_trainer(finetune.parse_args(argv + list(extra))[0], in_memory)
 
     plain = trainer("--no-augment")
     assert isinstance(plain.train_data, TensorBatches)

@@ -169,6 +169,13 @@ def build_parser(prog: str = "tinyvit.finetune", description: str = __doc__, def
     p.add_argument("--repeat-train", type=int, metavar="K", help="an epoch passes K times over the training images (default: 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained part of the model (for GPUs; "
                    "it gained nothing on a 2-core CPU, bench/README.md)")
+    add_objective_flags(p, d, pretraining=flags is not None)
+    return parser
+
+
+def add_objective_flags(p: Offered, d: Config, pretraining: bool) -> None:
+    """The flags of what a run trains for (tinyvit/tasks.py): the recipe, distillation, FDViT's
+    reconstruction term; and, for the pretraining command, MAE's."""
     recipe.add_arguments(p)
     p.add_argument("--teacher", metavar="PATH", help="distil from this model (any format tinyvit.load_pretrained reads, "
                    "a run directory too); it must predict the dataset's classes (DeiT, see tinyvit/distill.py)")
@@ -186,9 +193,8 @@ def build_parser(prog: str = "tinyvit.finetune", description: str = __doc__, def
     g.add_argument("--lambda-u", type=at_least_zero(float), help=f"FixMatch: weight of the unlabelled loss (default: {d.lambda_u})")
     g.add_argument("--ema", type=float, metavar="DECAY", help="FixMatch: validate and save a moving average of the "
                    "weights with this decay (default: 0.999; 0: off)")
-    if flags is None:
-        return parser
-    # Self-supervised pretraining (tinyvit.pretrain): MAE's settings.
+    if not pretraining:
+        return
     p.add_argument("--method", choices=("mae",), help="the self-supervised method (default: mae)")
     p.add_argument("--blr", type=at_least_zero(float), help=f"base learning rate: lr = blr x batch / 256 (default: {d.blr})")
     p.add_argument("--mask-ratio", type=float, help=f"fraction of the patches hidden (default: {d.mask_ratio})")
@@ -196,7 +202,6 @@ def build_parser(prog: str = "tinyvit.finetune", description: str = __doc__, def
     p.add_argument("--decoder-depth", type=int, help=f"decoder blocks (default: {d.decoder_depth}; MAE's models: 8)")
     p.add_argument("--decoder-heads", type=int, help=f"decoder heads (default: {d.decoder_heads}; MAE's models: 16)")
     p.add_argument("--norm-pix-loss", action="store_true", help="targets: each patch normalised to mean 0, variance 1")
-    return parser
 
 
 def at_least_zero(kind):

@@ -20,7 +20,7 @@ https://github.com/facebookresearch/mae/blob/main/PRETRAIN.md): AdamW with betas
 default a twentieth of the run: the guide's 40 of 800 epochs) then a half-cycle cosine to 0,
 updated every step, mask ratio 0.75. Two deviations: the warm-up's first step already uses lr/warmup
 (MAE's starts at 0; tinyvit.schedule.lr_factor, shared with finetune), and the augmentation is the
-dataset's own (tinyvit.data.transforms: CIFAR's crop and flip, none for the digits) instead of
+dataset's own (tinyvit/augment.py: CIFAR's shift and flip, none for the digits) instead of
 MAE's RandomResizedCrop(scale 0.2-1) and flip, which is tuned for ImageNet photos.
 
 This command is tinyvit.finetune with MAE's task (tinyvit/tasks.py) and MAE's defaults: the same
@@ -28,7 +28,8 @@ training loop (tinyvit/trainer.py), flags, checks, --resume rules and run direct
 a manifest with every file's SHA-256, a lock, --force removing only the run's own files, --resume
 after Ctrl-C, SIGTERM or kill -9 from the step checkpoint.pt holds, with the data checked to be the
 same), DDP under torchrun. Small low-res datasets (the digits, CIFAR, MNIST) train from one tensor on
-the device, as fine-tuning does (tinyvit/batches.py). The run directory holds model.safetensors + config.json (the encoder: tinyvit.load_pretrained(out) loads it),
+the device, as fine-tuning does (tinyvit/batches.py). The run directory holds model.safetensors +
+config.json (the encoder: tinyvit.load_pretrained(out) loads it),
 pretrain.json (what marks the directory as a pretrained encoder for finetune --weights),
 checkpoint.pt, metrics.jsonl, summary.json, loss.png, and a figure per epoch,
 reconstruction-epochNNN.png: masked input, reconstruction (the visible patches pasted back, as the

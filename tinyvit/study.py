@@ -46,7 +46,8 @@ Levers a run needs from another run (the levers study, `make levers`):
   (scikit-learn) on the raw pixels of the same nested subsets, drawn dashed in the plot and written
   to reference.json; they have no seed.
 
-Every run lives in its own folder under --out; a finished one (summary.json) is skipped, an
+Every run lives in its own folder under --out, a pretraining run as much as a fine-tuning one (both
+are `Run`s, made and checked the same way); a finished one (summary.json) is skipped, an
 interrupted one resumed (`--resume`), so the same command continues a study after Ctrl-C. A run
 already there counts only if its recorded config is the one this command plans for it (another
 pass-through flag is refused, naming it), and its summary.json and metrics.jsonl are read only
@@ -417,6 +418,8 @@ def last_line(run: Run) -> str:
 
 def execute(runs: list[Run], jobs: int, log) -> int:
     """Run what is not done; 0 when all finished, else the first failing exit code."""
+    if not runs:
+        return 0
     todo = [r for r in runs if run_state(r) is not RunState.DONE]
     if len(todo) < len(runs):
         log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished: skipped")
