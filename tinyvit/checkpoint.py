@@ -231,13 +231,7 @@ def read_tensors(path) -> tuple[dict, Optional[str]]:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read this JSON file ({e})") from e
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found a {type(d).__name__}")
-    return d
+    return rundir.read_json(path, CheckpointError)  # (verified by read_checkpoint already, in a run)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -653,16 +653,21 @@ def read_classes(model_dir: Path) -> list[str] | None:
     return classes
 
 
+def read_json(path, error: type = TinyvitError) -> dict:
+    """A JSON object from `path`, verified first where it is a file of a run; `error` names the file."""
+    verify(path)
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: cannot read this JSON file ({e})") from e
+    if not isinstance(obj, dict):
+        raise error(f"{path}: expected a JSON object, found a {type(obj).__name__}")
+    return obj
+
+
 def read_summary(run_dir) -> dict:
     """summary.json of a run (tinyvit.finetune's or tinyvit.pretrain's), verified first."""
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
         raise MissingFileError(f"{path}: no summary.json; the run in {run_dir} has not finished")
-    verify(path)
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TinyvitError(f"{path}: not readable ({e})") from None
-    if not isinstance(summary, dict):
-        raise TinyvitError(f"{path}: expected a JSON object")
-    return summary
+    return read_json(path)
