@@ -217,4 +217,4 @@ def test_unknown_dataset_is_a_usage_error_naming_the_choices(capsys):
         with pytest.raises(SystemExit) as e:
             finetune.parse_args(["--dataset", bad])
         assert e.value.code == 2
-        assert "digits, mnist, fashion-mnist or hf:NAME_OR_PATH" in capsys.readouterr().err
+        assert "digits, mnist, fractals, fashion-mnist, fractals:KEY=VALUE,... or hf:NAME_OR_PATH" in capsys.readouterr().err
