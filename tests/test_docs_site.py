@@ -234,6 +234,7 @@ WAIT_FOR_MATHJAX = """async () => {
   if (!document.querySelector('.math')) return 0;
   for (let i = 0; i < 200 && !(window.MathJax && MathJax.startup && MathJax.startup.promise); i++)
     await new Promise(r => setTimeout(r, 50));
+  if (!(window.MathJax && MathJax.startup)) return -1;  // MathJax never loaded
   await MathJax.startup.promise;
   return document.querySelectorAll('mjx-container').length;
 }"""
@@ -252,6 +253,7 @@ def test_every_page_in_the_browser(site, server, browser):
                   lambda route: (outside.append(route.request.url), route.abort()))
     page = context.new_page()
     page.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
+    page.on("response", lambda r: failed.append(f"{r.url}: HTTP {r.status}") if r.status >= 400 else None)
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server)  # the top of the site points to the landing page
@@ -269,7 +271,7 @@ def test_every_page_in_the_browser(site, server, browser):
         if formulas:
             typeset[rel] = n_math
             assert n_math >= formulas and page.locator("mjx-merror").count() == 0, (
-                f"{rel}: {formulas} formulas, {n_math} typeset by MathJax")
+                f"{rel}: {formulas} formulas, {n_math} typeset by MathJax (-1: MathJax did not load)")
         assert not page.evaluate(IMAGES), f"{rel}: images that did not load: {page.evaluate(IMAGES)}"
         text = page.inner_text("body")
         assert "Traceback (most recent call last)" not in text and page.locator(".output.traceback").count() == 0, (
