@@ -17,9 +17,6 @@ from pathlib import Path
 
 import jupytext
 from sphinx import addnodes
-from sphinx.util import logging
-
-logger = logging.getLogger(__name__)
 
 GENERATED = "docs/_generated"  # under the source folder (the repository); written by every build, git-ignored
 FIGURES_JSON = "_static/tutorial_figures.json"
