@@ -294,7 +294,8 @@ def test_every_page_in_the_browser(site, server, browser):
 
 
 def test_a_tutorial_that_raises_fails_the_build(tmp_path):
-    """A small site with the real configuration and one tutorial: it builds, and its output is on the page.
+    """A small site with the real configuration, one tutorial and one study: it builds, the tutorial's output
+    is on its page, the links of the study's README (included into its page) resolve from its folder.
     Made to raise as tutorial 17 once did in a notebook (`__file__` is not defined in a kernel), the build
     fails and names the tutorial and the error."""
     source = tmp_path / "repo"
@@ -304,6 +305,9 @@ def test_a_tutorial_that_raises_fails_the_build(tmp_path):
         (source / name).write_text(f"# {name}\n")
     (source / "studies" / "small").mkdir(parents=True)
     (source / "studies" / "small" / "results.md").write_text("| a |\n|---|\n| 1 |\n")
+    (source / "studies" / "small" / "results.csv").write_text("a\n1\n")
+    (source / "studies" / "small" / "README.md").write_text(  # included into its page: links from its folder
+        "# Small study\n\n[The CSV](results.csv), [tutorial 1](../../tutorials/01_small.py).\n")
     # A stand-in for the package, for the API page: the small site needs no torch.
     (source / "tinyvit").mkdir()
     (source / "tinyvit" / "__init__.py").write_text('__all__ = ["f"]\n\n\ndef f():\n    """A function."""\n')
@@ -313,6 +317,8 @@ def test_a_tutorial_that_raises_fails_the_build(tmp_path):
     ok = build(source, tmp_path / "ok", PYTHONPATH=str(source))
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-3000:]
     assert ">42\n</pre>" in (tmp_path / "ok" / "html" / "tutorials" / "01_small.html").read_text()
+    study = (tmp_path / "ok" / "html" / "docs" / "_generated" / "studies" / "small.html").read_text()
+    assert 'href="../../../tutorials/01_small.html"' in study and re.search(r'href="[./]*_downloads/\w+/results.csv"', study)
     tutorial.write_text(body.format("HERE = Path(__file__).parent\n"))
     failing = build(source, tmp_path / "failing", PYTHONPATH=str(source))
     log = failing.stdout + failing.stderr
