@@ -162,11 +162,12 @@ bench: $(VENV)/.installed
 
 # The documentation site, offline: README, ARCHITECTURE, every tutorial executed as a notebook in its
 # own kernel (output and figures inline; one that raises fails the build), a page per study, the API
-# from the docstrings; a Sphinx warning (a broken link, a malformed docstring) fails it too. Open
+# from the docstrings; a Sphinx warning (a broken link, a malformed docstring) fails it too (-T: with
+# the full traceback, so a failing tutorial shows its cell and error). Open
 # docs/_build/html/index.html. docs/conf.py says how; tests/test_docs_site.py
 # checks the result in headless Chromium.
 docs: $(VENV)/.installed
-	$(PY) -m sphinx -b html -j 2 -W --keep-going -c docs -d docs/_build/doctrees . docs/_build/html
+	$(PY) -m sphinx -b html -j 2 -W --keep-going -T -c docs -d docs/_build/doctrees . docs/_build/html
 
 clean:
 	rm -rf $(VENV) .venv-latest *.egg-info .pytest_cache .hypothesis docs/_build docs/_generated

@@ -51,6 +51,7 @@ default_role = "code"  # the docstrings' `name` means code
 
 html_theme = "furo"
 html_title = "tinyvit"
+html_show_copyright = False
 html_extra_path = ["_root"]  # index.html at the top of the site, pointing to docs/index.html
 # MathJax 3 from the sphinx-mathjax-offline package (its static/mathjax/ folder, copied to _static/mathjax/).
 html_static_path = [str(Path(importlib.util.find_spec("sphinx-mathjax-offline").origin).parent / "static")]

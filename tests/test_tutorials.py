@@ -6,6 +6,10 @@ promises there as real PNG files, leave nothing else behind (no temporary checkp
 outside that folder), and contain asserts of its own that make its printed claims checkable. Each
 file must also be a jupytext percent-format notebook that opens with what it teaches and ends by
 pointing to the next one, and tutorials/README.md must list them all in order.
+
+The notebook form (a kernel in tutorials/, no `__file__`) runs in the documentation build, which
+tests/test_docs_site.py builds or is handed: a tutorial that raises there fails it, and each tutorial's
+page must show the plots below.
 """
 from __future__ import annotations
 
@@ -82,6 +86,15 @@ def test_reads_as_a_percent_notebook(path):
         assert f"({FILES[index + 1].name})" in last.source, f"{path.name}: the last cell should link to {FILES[index + 1].name}"
     # Real tinyvit code, not a copy of it.
     assert re.search(r"^(import tinyvit|from tinyvit[.\w]* import)", path.read_text(), re.M), path.name
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_file_has_a_fallback_for_notebooks(path):
+    """A notebook kernel defines no `__file__` (tutorial 17 once raised NameError there): every use of it
+    sits behind the check the tutorials share."""
+    for line in path.read_text().splitlines():
+        if "__file__" in line and not line.lstrip().startswith("#"):
+            assert '"__file__" in globals()' in line, f"{path.name}: `__file__` without the notebook fallback: {line.strip()}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])

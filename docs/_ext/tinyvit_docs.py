@@ -17,9 +17,6 @@ from pathlib import Path
 
 import jupytext
 from sphinx import addnodes
-from sphinx.util import logging
-
-logger = logging.getLogger(__name__)
 
 GENERATED = "docs/_generated"  # under the source folder (the repository); written by every build, git-ignored
 FIGURES_JSON = "_static/tutorial_figures.json"
@@ -70,7 +67,7 @@ def study_page(folder: Path, page: Path) -> str:
     name, up = folder.name, os.path.relpath(folder, page.parent)
     lines = []
     if (folder / "README.md").is_file():
-        lines += [f"```{{include}} {up}/README.md", ":relative-images:", "```", ""]
+        lines += [f"```{{include}} {up}/README.md", ":relative-images:", "```", ""]  # links: study_links
     else:
         lines += [f"# Study: {name}", "",
                   f"The committed results of `studies/{name}/`, as the study wrote them (see the README's Studies section).", ""]
@@ -125,21 +122,30 @@ def write_generated_pages(app) -> None:
 
 
 def study_links(app, doctree) -> None:
-    """README.md links a study by its folder (`studies/x`) or its README, neither of them a page: point
-    both at the study's page."""
+    """Links MyST cannot resolve here: README.md links a study by its folder (`studies/x`) or its README,
+    neither of them a page, and a study's README, included into its page, links relative to its own
+    folder. Point the first at the study's page, the others at what they name."""
+    root, env = Path(app.srcdir).resolve(), app.env
+    page = Path(env.doc2path(env.docname)).resolve()
     for node in list(doctree.findall(lambda n: isinstance(n, (addnodes.pending_xref, addnodes.download_reference)))):
         if node.get("reftype") != "myst":
             continue
+        source = Path(node.source).resolve() if node.source else page
         if node.get("refdomain") == "doc":  # a Markdown file, named as a document
-            target = node["reftarget"]
+            target = root / node["reftarget"]
         else:
-            target = app.env.relfn2path(node["reftarget"].split("#")[0], app.env.docname)[0]
-        target = target.removesuffix(".md").removesuffix("/README")
-        study = f"{GENERATED}/studies/{target.removeprefix('studies/')}"
-        if target.startswith("studies/") and target.count("/") == 1 and study in app.env.found_docs:
-            node.replace_self(addnodes.pending_xref(
-                "", *node.children, refdomain="doc", reftype="myst", reftarget=study, reftargetid=None,
-                refdoc=app.env.docname, refexplicit=node.get("refexplicit", True)))
+            target = (source.parent / node["reftarget"].split("#")[0]).resolve()
+        folder = target.parent if target.name in ("README", "README.md") else target
+        study = f"{GENERATED}/studies/{folder.name}"
+        xref = dict(refdomain="doc", reftype="myst", reftargetid=None, refdoc=env.docname,
+                    refexplicit=node.get("refexplicit", True))
+        if folder.parent == root / "studies" and study in env.found_docs:
+            node.replace_self(addnodes.pending_xref("", *node.children, reftarget=study, **xref))
+        elif source != page and target.is_file() and root in target.parents:  # from an included README
+            docname = env.path2doc(str(target))
+            node.replace_self(addnodes.pending_xref("", *node.children, reftarget=docname, **xref) if docname in env.found_docs
+                              else addnodes.download_reference("", *node.children, reftarget="/" + str(target.relative_to(root)),
+                                                               refdoc=env.docname, reftype="myst", refexplicit=True))
 
 
 def is_tutorial(docname: str) -> bool:
