@@ -191,7 +191,10 @@ def test_the_readme_and_the_architecture_are_pages(site):
 # In the browser
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: Playwright's driver reads its commands on a pipe and exits at the pipe's end, so a
+# process forked while it runs (a DataLoader worker of a later test) must not hold that pipe at the
+# session's end: the browser and its driver end with this file.
+@pytest.fixture(scope="module")
 def browser():
     in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
     try:
@@ -210,7 +213,7 @@ def browser():
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(site):
     handler = functools.partial(Quiet, directory=str(site))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -1,6 +1,7 @@
 """python -m tinyvit.finetune end to end on tiny data made here: outputs, resume after Ctrl-C,
 frozen weights, bad input; and tinyvit.evaluate / tinyvit.predict on what it wrote."""
 import json
+import multiprocessing
 import signal
 
 import pytest
@@ -227,10 +228,14 @@ def test_imagefolder_run_and_a_corrupt_image(tmp_path):
     assert json.loads((tmp_path / "ok" / "classes.json").read_text()) == ["class0", "class1"]
     bad = root / "train" / "class1" / "3.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    before = set(multiprocessing.active_children())
     # In a DataLoader worker, so the error crosses a process boundary and must still name the file.
     with pytest.raises(SystemExit, match=f"{bad}: cannot read this image") as err:
         finetune.main(base + ["--num-workers", "1", "--out", str(tmp_path / "bad")])
     assert "Traceback" not in str(err.value)
+    # The failed run's worker is gone, though the error's traceback (held in `err`) still reaches its loader:
+    # a worker left alive keeps every file descriptor it inherited (a test session's browser pipe hung on one).
+    assert set(multiprocessing.active_children()) <= before
 
 
 @pytest.mark.parametrize("args, message", [

@@ -4,7 +4,8 @@
   which one this is. Only rank 0 writes files.
 - `StopRequest`: Ctrl-C or SIGTERM asks the loop to stop at the next step boundary, so the saved
   checkpoint is exact.
-- `start_workers`: DataLoader workers that leave those signals to the main process.
+- `start_workers`: DataLoader workers that leave those signals to the main process and end with
+  the loop that reads them.
 - `random_state` / `set_random_state`: the RNGs a resume restores.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import random
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -89,17 +90,24 @@ class StopRequest:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def start_workers(loader: torch.utils.data.DataLoader):
-    """iter(loader), with DataLoader workers that leave SIGINT and SIGTERM to the main process.
+def start_workers(loader: torch.utils.data.DataLoader) -> Iterator:
+    """The loader's batches, from DataLoader workers that leave SIGINT and SIGTERM to the main
+    process and that end with the loop that reads them.
 
     Ctrl-C, `timeout`, Slurm and Kubernetes signal the whole process group. PyTorch's workers die
     of a SIGTERM that does not come from their parent, and the main process then fails with
     "DataLoader worker ... killed by signal" before it can save. So workers ignore both
     signals, and while they start (fork) the signals are held back: one that arrives meanwhile
     waits in the main process, and in a worker is dropped when `_ignore_stop_signals` runs.
+
+    When the loop stops reading, the workers are shut down at once: a run that fails (a corrupt
+    image, a NaN) leaves the loader's iterator referenced by the exception's traceback, so in a
+    process that goes on (a notebook, a study, a test session) the workers would otherwise live,
+    with every file descriptor they inherited, until that traceback is collected.
     """
     if loader.num_workers == 0:
-        return iter(loader)
+        yield from loader
+        return
     global _exit_hook_registered
     if not _exit_hook_registered:  # after multiprocessing's own exit handler, so it runs before it
         atexit.register(_kill_leftover_workers)
@@ -107,9 +115,13 @@ def start_workers(loader: torch.utils.data.DataLoader):
     loader.worker_init_fn = _ignore_stop_signals
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        return iter(loader)
+        batches = iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    try:
+        yield from batches
+    finally:
+        batches._shutdown_workers()  # what the iterator's __del__ calls; a second call does nothing
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -325,19 +325,22 @@ class Trainer:
         spe, last = self.steps_per_epoch, self.cfg.epochs * self.steps_per_epoch
         if not self.task.prepare(stop):  # caches
             return self.stopped()
-        batches = None
-        while True:
-            epoch, b = divmod(self.step, spe)
-            if b == 0 and len(self.history) < epoch and not self.end_epoch(stop):  # evaluate, checkpoint, log
-                return self.stopped()
-            if self.step == last:
-                return True
-            if batches is None or b == 0:
-                batches = self.train_batches(epoch + 1, b)
-            self.train_step(*next(batches))
-            self.step += 1
-            if self.sync_due(stop) and self.stop_or_nan(stop):
-                return self.stopped()
+        batches = self.train_batches(self.step // spe + 1, self.step % spe)  # a generator: it starts at next()
+        try:
+            while True:
+                epoch, b = divmod(self.step, spe)
+                if b == 0 and len(self.history) < epoch and not self.end_epoch(stop):  # evaluate, checkpoint, log
+                    return self.stopped()
+                if self.step == last:
+                    return True
+                if b == 0:
+                    batches = self.train_batches(epoch + 1, 0)
+                self.train_step(*next(batches))
+                self.step += 1
+                if self.sync_due(stop) and self.stop_or_nan(stop):
+                    return self.stopped()
+        finally:  # its DataLoader workers end with the loop, not when a failed run's traceback is collected
+            batches.close()
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, indices: list) -> torch.Tensor:
         """One optimizer step on one batch, for every task: the one place that calls backward and step."""
@@ -429,9 +432,8 @@ class Trainer:
     def bar(self, total: int, desc: str):
         from tqdm import tqdm
 
-        # disable=None: tqdm shows itself only on a terminal.
-        show = None if self.dist.main and self.cfg.progress else True
-        return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, disable=show, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, dynamic_ncols=True,
+                    disable=None if self.dist.main and self.cfg.progress else True)  # None: only on a terminal
 
     def log_setup(self) -> None:
         cfg = self.cfg
@@ -516,8 +518,7 @@ class Trainer:
         if self.cfg.epochs != state["config"]["epochs"]:
             self.log(f"note: --epochs {self.cfg.epochs} (was {state['config']['epochs']}): the cosine schedule now spans "
                      f"{self.cfg.epochs} epochs and the learning rate continues on it")
-        self.step, self.saved_step = step, step
-        self.history = list(state["history"])
+        self.step, self.saved_step, self.history = step, step, list(state["history"])
         if self.dist.main:  # the saved sums are over all processes: restored on one, summed by Meter.state
             self.meter.load(state["meters"])
         if self.dist.main or self.dist.world == 1:
