@@ -50,10 +50,15 @@ def test_the_ema_averages_trained_parameters_and_copies_the_rest():
         for p in model.parameters():
             p.add_(1.0)
     model.train()(torch.randn(8, 3))  # BatchNorm's running statistics move
-    ema.update(model)
+    ema.update(model, 80)  # past the warm-up: min(0.9, 81 / 90) = 0.9
     now = model.state_dict()
     for k in ("0.weight", "0.bias", "1.weight", "2.bias"):
         torch.testing.assert_close(ema.state[k], 0.9 * before[k] + 0.1 * now[k])
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    held = ema.state["0.weight"].clone()
+    ema.update(model, 0)  # the first update's decay is 1 / 10: the average follows the weights at once
+    torch.testing.assert_close(ema.state["0.weight"], 0.1 * held + 0.9 * model[0].weight)
     for k in ("2.weight", "1.running_mean", "1.running_var", "1.num_batches_tracked"):
         assert torch.equal(ema.state[k], now[k]), k
     live = {k: v.clone() for k, v in now.items()}

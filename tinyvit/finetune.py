@@ -192,7 +192,7 @@ def add_objective_flags(p: Offered, d: Config, pretraining: bool) -> None:
     g.add_argument("--tau", type=float, help=f"FixMatch: confidence a pseudo-label needs (default: {d.tau})")
     g.add_argument("--lambda-u", type=at_least_zero(float), help=f"FixMatch: weight of the unlabelled loss (default: {d.lambda_u})")
     g.add_argument("--ema", type=float, metavar="DECAY", help="FixMatch: validate and save a moving average of the "
-                   "weights with this decay (default: 0.999; 0: off)")
+                   "weights with this decay, warmed up over the first steps (default: 0.999; 0: off)")
     if not pretraining:
         return
     p.add_argument("--method", choices=("mae",), help="the self-supervised method (default: mae)")
