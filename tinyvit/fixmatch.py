@@ -20,9 +20,12 @@ warmed up: see below).
 Their labels are never read: `ImagesOnly` drops them as the images are loaded.
 
 Where this differs from the official code, and why:
-- The labelled batch gets the run's own recipe (tinyvit/recipe.py: --recipe scratch's RandAugment,
-  label smoothing ...), not the weak augmentation alone, so a FixMatch run differs from the plain
-  run it is compared with by the unlabelled term only. The unlabelled term is plain cross-entropy.
+- The labelled batch gets the run's own recipe (tinyvit/recipe.py: --recipe scratch's RandAugment
+  ...), not the weak augmentation alone, so a FixMatch run differs from the plain run it is compared
+  with by the unlabelled term only. The unlabelled term is plain cross-entropy. Label smoothing eps
+  is refused where it would silence that term: it trains a prediction towards 1 - eps + eps / K at
+  most (0.91 for eps 0.1 and 10 classes), below the paper's tau of 0.95, and a digits pilot with
+  --recipe scratch passed no pseudo-label in 605 steps; `--label-smoothing 0`, as the paper.
 - The weak view is the dataset's own geometry (its flip and shift traits, --flip/--shift: the
   paper's flip and a shift of an eighth of the side where the dataset allows them; digits allow
   neither, so their weak view is the image itself). The strong view draws its own geometry, then
@@ -189,6 +192,11 @@ class FixMatch(Classification):
         if not splits.low_res or self.recipe.trivialaugment:
             raise TinyvitError(f"--unlabelled {cfg.unlabelled}: FixMatch's two views are tinyvit/augment.py's batched "
                                f"augmentation, for low-res datasets held as one tensor (not photos, not --trivialaugment)")
+        eps, k = self.recipe.label_smoothing, len(self.classes)
+        if cfg.tau > 1 - eps + eps / k:  # label smoothing's optimum: 1 - eps + eps / k for the labelled class
+            raise TinyvitError(f"--tau {cfg.tau:g}: label smoothing {eps:g} (--recipe {cfg.recipe} sets it) trains a "
+                               f"prediction towards {1 - eps + eps / k:.3g} at most with {k} classes, so few or no "
+                               f"pseudo-labels would pass: pass --label-smoothing 0 (as the paper) or a lower --tau")
         rest = left_out(splits.train)
         held = data.as_tensor(ImagesOnly(rest)) if len(rest) else None
         if held is None:
