@@ -184,7 +184,8 @@ def test_every_model_trains_with_fixmatch(model, tmp_path, capsys):
     (["--unlabelled", "rest", "--ema", "1"], r"--ema 1.0: expected a decay in \[0, 1\)"),
     # The README's recipe with the paper's tau: label smoothing keeps every prediction below 0.91.
     (["--unlabelled", "rest", "--recipe", "scratch", "--mixup", "0", "--cutmix", "0"],
-     r"--tau 0.95: label smoothing 0.1 \(--recipe scratch sets it\) trains a prediction towards 0.91 at most"),
+     r"--tau 0.95: label smoothing 0.1 \(--label-smoothing; --recipe scratch sets 0.1\) trains a prediction "
+     r"towards 0.91 at most"),
 ])
 def test_fixmatch_flags_are_checked_in_one_line(argv, message, tmp_path):
     with pytest.raises(SystemExit, match=f"^tinyvit.finetune: error: .*{message}"):

@@ -194,7 +194,7 @@ class FixMatch(Classification):
                                f"augmentation, for low-res datasets held as one tensor (not photos, not --trivialaugment)")
         eps, k = self.recipe.label_smoothing, len(self.classes)
         if cfg.tau > 1 - eps + eps / k:  # label smoothing's optimum: 1 - eps + eps / k for the labelled class
-            raise TinyvitError(f"--tau {cfg.tau:g}: label smoothing {eps:g} (--recipe {cfg.recipe} sets it) trains a "
+            raise TinyvitError(f"--tau {cfg.tau:g}: label smoothing {eps:g} (--label-smoothing; --recipe scratch sets 0.1) trains a "
                                f"prediction towards {1 - eps + eps / k:.3g} at most with {k} classes, so few or no "
                                f"pseudo-labels would pass: pass --label-smoothing 0 (as the paper) or a lower --tau")
         rest = left_out(splits.train)
