@@ -190,3 +190,34 @@ def test_every_model_trains_with_fixmatch(model, tmp_path, capsys):
 def test_fixmatch_flags_are_checked_in_one_line(argv, message, tmp_path):
     with pytest.raises(SystemExit, match=f"^tinyvit.finetune: error: .*{message}"):
         finetune.main(TINY + DIGITS + ["--epochs", "1", "--out", str(tmp_path / "run")] + argv)
+
+
+def test_label_spreading_reads_only_the_subsets_labels_and_beats_1nn_at_67_digits(monkeypatch):
+    """The study's semi-supervised reference line: scikit-learn's LabelSpreading over the whole training
+    split, the labels outside the subset hidden; garbage in their place changes nothing."""
+    from tinyvit import study
+
+    clean = study.reference_accuracies("digits", None, [67, 202], 0, ["knn", "spreading"])
+    load = data.load_splits
+
+    def corrupted(*args, **kwargs):  # labels outside the 202-image subset (which holds the 67) are garbage
+        splits = load(*args, **kwargs)
+        kept = set(data.limit(splits.train, 202, 0).indices)
+        base = splits.train
+
+        class Garbage(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(base)
+
+            def __getitem__(self, i):
+                image, label = base[i]
+                return (image, label) if i in kept else (image, "garbage")
+
+        splits.train = Garbage()
+        return splits
+
+    monkeypatch.setattr(data, "load_splits", corrupted)
+    assert study.reference_accuracies("digits", None, [67, 202], 0, ["spreading"]) == {
+        "label spreading, raw pixels": clean["label spreading, raw pixels"]}
+    spreading, knn = clean["label spreading, raw pixels"], clean["1-NN, raw pixels"]
+    assert spreading[67] > knn[67] + 0.05  # 94.9% against 86.9% when written

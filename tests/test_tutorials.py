@@ -46,6 +46,7 @@ PLOTS = {
     "16": ["16_fdvit.png"],
     "17": ["17_hf_trainer.png"],
     "18": ["18_fractals.png"],
+    "19": ["19_pseudo_labels.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMEOUT_S = 300  # each takes ~5-20 s on 2 idle cores; the margin is for a loaded machine

@@ -42,9 +42,12 @@ Levers a run needs from another run (the levers study, `make levers`):
 - **Distillation**, `--teacher LABEL=TEACHER`: each run of LABEL distils from the run of model
   TEACHER with the same training images and seed (`--teacher`), so the teacher saw the same labels
   and no others. TEACHER's runs go first.
-- **Reference lines**, `--reference knn logreg`: 1-nearest-neighbour and logistic regression
-  (scikit-learn) on the raw pixels of the same nested subsets, drawn dashed in the plot and written
-  to reference.json; they have no seed.
+- **Reference lines**, `--reference knn logreg spreading`: 1-nearest-neighbour and logistic
+  regression (scikit-learn) on the raw pixels of the same nested subsets, and label spreading (Zhou
+  et al. 2004, a classical semi-supervised baseline: scikit-learn's LabelSpreading over a 7-nearest-
+  neighbour graph of the whole training split, the subset's labels given, the rest's hidden, as
+  FixMatch's `--unlabelled rest` sees them), drawn dashed in the plot and written to reference.json;
+  they have no seed.
 
 Every run lives in its own folder under --out, a pretraining run as much as a fine-tuning one (both
 are `Run`s, made and checked the same way); a finished one (summary.json) is skipped, an
@@ -574,7 +577,8 @@ def markdown_table(rows: list[dict], grid: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-REFERENCES = {"knn": "1-NN, raw pixels", "logreg": "logistic regression, raw pixels"}
+REFERENCES = {"knn": "1-NN, raw pixels", "logreg": "logistic regression, raw pixels",
+              "spreading": "label spreading, raw pixels"}
 
 
 def reference_accuracies(dataset: str, data_dir, sizes: list, data_seed: int, which: list) -> dict:
@@ -583,22 +587,34 @@ def reference_accuracies(dataset: str, data_dir, sizes: list, data_seed: int, wh
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.semi_supervised import LabelSpreading
 
     from tinyvit import data
 
     splits = data.load_splits(dataset, Path(data_dir) if data_dir else None, seed=data_seed)
 
-    def arrays(ds):
+    def arrays(ds, labels: bool = True):
         items = [ds[i] for i in range(len(ds))]
-        return np.stack([np.asarray(im, dtype=np.float32).ravel() / 255 for im, _ in items]), np.array([y for _, y in items])
+        x = np.stack([np.asarray(im, dtype=np.float32).ravel() / 255 for im, _ in items])
+        return x, np.array([y for _, y in items]) if labels else None
 
     x_val, y_val = arrays(splits.val)
     out = {}
     for name in which:
         out[REFERENCES[name]] = {}
         for n in sizes:
-            x, y = arrays(data.limit(splits.train, n, data_seed))
-            model = KNeighborsClassifier(1) if name == "knn" else LogisticRegression(max_iter=2000)
+            subset = data.limit(splits.train, n, data_seed)
+            x, y = arrays(subset)
+            if name == "spreading":  # every training image; the subset's labels, the others' never read (-1)
+                known = list(subset.indices) if isinstance(subset, data.Subset) else list(range(len(splits.train)))
+                x_all, _ = arrays(splits.train, labels=False)
+                y_all = np.full(len(x_all), -1)
+                y_all[known] = y
+                # The knn kernel (k = 7, scikit-learn's default): the rbf kernel's default gamma of 20
+                # leaves pixels in [0, 1] with no neighbour of weight above 0.
+                model, x, y = LabelSpreading(kernel="knn", n_neighbors=7, max_iter=1000), x_all, y_all
+            else:
+                model = KNeighborsClassifier(1) if name == "knn" else LogisticRegression(max_iter=2000)
             out[REFERENCES[name]][n] = float((model.fit(x, y).predict(x_val) == y_val).mean())
     return out
 
@@ -619,8 +635,9 @@ def plot(rows: list[dict], grid: dict, out: Path, title: str, references: Option
             ax.errorbar([n for (n,), _ in points], [m for m, _ in stats], yerr=[s for _, s in stats],
                         marker="o", capsize=3, label=label)
         for name, accs in (references or {}).items():
-            ax.plot(sizes, [100 * accs[n] for n in sizes], linestyle="--", color="grey" if "1-NN" in name else "black",
-                    alpha=0.7, label=name)
+            grey, dotted = "1-NN" in name, "spreading" in name  # one style per reference, told apart in print too
+            ax.plot(sizes, [100 * accs[n] for n in sizes], linestyle=":" if dotted else "--",
+                    color="grey" if grey else "black", alpha=0.7, label=name)
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.minorticks_off()
@@ -681,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", action="extend", nargs="+", default=[], metavar="LABEL=TEACHER",
                    help="model LABEL distils from model TEACHER's run on the same images and seed")
     p.add_argument("--reference", nargs="+", default=[], choices=sorted(REFERENCES),
-                   help="reference lines in the plot: knn (1-NN), logreg (logistic regression) on raw pixels")
+                   help="reference lines in the plot: knn (1-NN), logreg (logistic regression), spreading (label spreading, the rest of the training split unlabelled) on raw pixels")
     return p
 
 

@@ -141,3 +141,6 @@ work.cleanup()
 # demo's ViT and ResNet-18, pretrained on 100 fractal categories, fine-tuned with `--unfreeze head`,
 # `last` and `all` at 4 training sizes and 3 seeds against the same models from scratch
 # (studies/digits-transfer/README.md says what it found, including where fractals did not help).
+#
+# Next: [19_pseudo_labels.py](19_pseudo_labels.py) learns from the digits whose labels a run leaves
+# out: FixMatch's pseudo-labels, and when a model's confidence misleads it.
