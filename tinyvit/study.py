@@ -46,8 +46,8 @@ Levers a run needs from another run (the levers study, `make levers`):
   regression (scikit-learn) on the raw pixels of the same nested subsets, and label spreading (Zhou
   et al. 2004, a classical semi-supervised baseline: scikit-learn's LabelSpreading over a 7-nearest-
   neighbour graph of the whole training split, the subset's labels given, the rest's hidden, as
-  FixMatch's `--unlabelled rest` sees them), drawn dashed in the plot and written to reference.json;
-  they have no seed.
+  FixMatch's `--unlabelled rest` sees them), drawn dashed (label spreading dotted) in the plot and
+  written to reference.json; they have no seed.
 
 Every run lives in its own folder under --out, a pretraining run as much as a fine-tuning one (both
 are `Run`s, made and checked the same way); a finished one (summary.json) is skipped, an
