@@ -49,7 +49,7 @@ PLOTS = {
     "19": ["19_pseudo_labels.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TIMEOUT_S = 300  # each takes ~5-20 s on 2 idle cores; the margin is for a loaded machine
+TIMEOUT_S = 300  # most take 5-20 s on 2 idle cores, 18 and 19 (they train) ~70 and ~100-145 s; the margin is for a loaded machine
 
 
 def number(path: Path) -> str:

@@ -177,7 +177,7 @@ work.cleanup()
 # `make semi` asks the question properly: FixMatch for the demo's ViT, the MAE-pretrained ViT and
 # ResNet-18 at three training sizes and three seeds, against the same models on the labels alone,
 # with label spreading (a classical graph-based semi-supervised method) on raw pixels as a
-# reference. studies/digits-semi/README.md says what it found, and where the ViT's pseudo-labels
-# came too late to help.
+# reference. studies/digits-semi/README.md says what it found: at tau 0.95 the ViT's pseudo-labels
+# come too late to help it, and at tau 0.7 (`make semi-tau`) they lift it 6.4 points higher at 67 labels.
 #
 # This is the last tutorial for now; tutorials/README.md lists them all.
