@@ -599,6 +599,7 @@ def reference_accuracies(dataset: str, data_dir, sizes: list, data_seed: int, wh
         return x, np.array([y for _, y in items]) if labels else None
 
     x_val, y_val = arrays(splits.val)
+    x_all = arrays(splits.train, labels=False)[0] if "spreading" in which else None  # the whole split, once
     out = {}
     for name in which:
         out[REFERENCES[name]] = {}
@@ -607,7 +608,6 @@ def reference_accuracies(dataset: str, data_dir, sizes: list, data_seed: int, wh
             x, y = arrays(subset)
             if name == "spreading":  # every training image; the subset's labels, the others' never read (-1)
                 known = list(subset.indices) if isinstance(subset, data.Subset) else list(range(len(splits.train)))
-                x_all, _ = arrays(splits.train, labels=False)
                 y_all = np.full(len(x_all), -1)
                 y_all[known] = y
                 # The knn kernel (k = 7, scikit-learn's default): the rbf kernel's default gamma of 20
