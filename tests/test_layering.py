@@ -23,7 +23,7 @@ LAYERS = {
     "files": ["tinyvit.atomic", "tinyvit.rundir"],
     "formats": ["tinyvit.preprocess", "tinyvit.presets", "tinyvit.checkpoint", "tinyvit.keymaps",
                 "tinyvit.convert", "tinyvit.hub", "tinyvit.export"],
-    "training": ["tinyvit.fractals", "tinyvit.data", "tinyvit.augment", "tinyvit.batches", "tinyvit.recipe", "tinyvit.freeze", "tinyvit.device", "tinyvit.evaluate", "tinyvit.processes",
+    "training": ["tinyvit.fractals", "tinyvit.data", "tinyvit.augment", "tinyvit.batches", "tinyvit.recipe", "tinyvit.freeze", "tinyvit.device", "tinyvit.sums", "tinyvit.evaluate", "tinyvit.processes",
                  "tinyvit.schedule", "tinyvit.report", "tinyvit.cache", "tinyvit.distill", "tinyvit.tasks", "tinyvit.fixmatch", "tinyvit.trainer"],
     "entry points": ["tinyvit.finetune", "tinyvit.study", "tinyvit.compare", "tinyvit.predict", "tinyvit.pretrain"],
     "public API": ["tinyvit"],

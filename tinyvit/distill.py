@@ -38,6 +38,7 @@ from torch import nn
 
 from tinyvit.errors import MissingFileError, TinyvitError
 from tinyvit.preprocess import Preprocess
+from tinyvit.sums import Sums
 
 KINDS = ("hard", "soft")
 
@@ -201,23 +202,19 @@ class Distiller:
             teacher = self.teacher_logits(inputs)
         total, base, distill = distillation_loss(outputs, targets, teacher, self.kind, self.alpha, self.tau)
         n = targets.shape[0]
-        self.sums += torch.stack([base.detach(), distill.detach()]).double() * n
-        self.count += n
+        self.sums.add(label_loss_sum=base.double() * n, distill_loss_sum=distill.double() * n, count=n)
         cls, dist = split_heads(outputs)
         return total, (cls + dist) / 2 if isinstance(outputs, tuple) else cls
 
     def reset(self) -> None:
-        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        self.count = 0
+        self.sums = Sums(self.device, ("label_loss_sum", "distill_loss_sum", "count"))
 
-    def epoch_metrics(self, world: int = 1) -> dict:
+    def epoch_metrics(self) -> dict:
         """The two loss terms averaged over this epoch's training images (all processes), then reset."""
-        sums = torch.cat([self.sums, torch.tensor([float(self.count)], dtype=torch.float64, device=self.device)])
-        if world > 1:
-            torch.distributed.all_reduce(sums)
-        n = max(sums[2].item(), 1.0)
+        total = self.sums.total()
+        n = max(total["count"], 1.0)
         self.reset()
-        return {"train_label_loss": sums[0].item() / n, "train_distill_loss": sums[1].item() / n,
+        return {"train_label_loss": total["label_loss_sum"] / n, "train_distill_loss": total["distill_loss_sum"] / n,
                 "teacher_val_acc": self.val_acc}
 
     def describe(self) -> str:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from tinyvit.device import AMP_CHOICES, amp_dtype, autocast, resolve_device
 from tinyvit.errors import MissingFileError, TinyvitError
+from tinyvit.sums import Sums
 
 # ---------------------------------------------------------------------------------------------
 # The evaluation loop.
@@ -31,43 +32,19 @@ from tinyvit.errors import MissingFileError, TinyvitError
 
 @dataclass
 class Tally:
-    """Running sums of one pass, on the device (no host sync per batch): summed loss, correct
-    predictions, images, and the confusion matrix [true class, predicted class]."""
+    """One pass over a dataset, summed over all processes: images, mean loss, accuracy and the
+    confusion matrix [true class, predicted class] (on the CPU)."""
 
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-    count: torch.Tensor
+    count: int
+    loss: float
+    acc: float
     confusion: torch.Tensor
 
     @classmethod
-    def zeros(cls, num_classes: int, device: torch.device) -> "Tally":
-        z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
-        return cls(z(), z(), z(), torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device))
-
-    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        c = self.confusion.shape[0]
-        pred = logits.argmax(dim=1)
-        self.loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
-        self.correct += (pred == labels).sum()
-        self.count += labels.numel()
-        self.confusion += torch.bincount(labels * c + pred, minlength=c * c).view(c, c)
-
-    def all_reduce(self) -> "Tally":
-        """Sum over processes (a no-op without torch.distributed)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for t in (self.loss_sum, self.correct, self.count, self.confusion):
-                dist.all_reduce(t)
-        return self
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum.item() / max(self.count.item(), 1)
-
-    @property
-    def acc(self) -> float:
-        return self.correct.item() / max(self.count.item(), 1)
+    def of(cls, sums: Sums) -> "Tally":
+        t = sums.total()
+        n = max(t["count"], 1)
+        return cls(int(t["count"]), t["loss_sum"] / n, t["correct"] / n, t["confusion"].cpu())
 
     def per_class_acc(self) -> list[float]:
         return per_class_accuracy(self.confusion)
@@ -89,19 +66,23 @@ def evaluate(
     progress=None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Optional[Tally]:
-    """Run `forward` (inputs -> logits) over `batches` of (inputs, labels); the local Tally, or None
-    when `should_stop()` turned true on the way."""
-    tally = Tally.zeros(num_classes, device)
+    """Run `forward` (inputs -> logits) over `batches` of (inputs, labels); the Tally over all
+    processes (each passes its own share of the batches), or None when `should_stop()` turned true
+    on the way (a single process only: the others would wait for it)."""
+    c = num_classes
+    sums = Sums(device, ("loss_sum", "correct", "count"), confusion=(c, c))
     for inputs, labels in batches:
         inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, dtype):
             logits = forward(inputs)
-        tally.add(logits, labels)
+        pred = logits.argmax(dim=1)
+        sums.add(loss_sum=F.cross_entropy(logits.float(), labels, reduction="sum"), correct=(pred == labels).sum(),
+                 count=labels.numel(), confusion=torch.bincount(labels * c + pred, minlength=c * c).view(c, c))
         if progress is not None:
             progress.update(labels.numel())
         if should_stop():
             return None
-    return tally
+    return Tally.of(sums)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,9 +162,9 @@ def run(cfg: EvalConfig) -> dict:
     with tqdm(total=len(splits.val), unit="img", desc="evaluate", disable=None) as bar:
         tally = evaluate(model, loader, len(splits.classes), device, amp_dtype(cfg.amp, device), bar)
     result = {
-        "model_dir": str(model_dir), "dataset": cfg.dataset, "images": int(tally.count.item()),
+        "model_dir": str(model_dir), "dataset": cfg.dataset, "images": tally.count,
         "loss": tally.loss, "acc": tally.acc, "classes": splits.classes,
-        "per_class_acc": tally.per_class_acc(), "confusion": tally.confusion.cpu().tolist(),
+        "per_class_acc": tally.per_class_acc(), "confusion": tally.confusion.tolist(),
     }
     print(f"{cfg.dataset}: loss {result['loss']:.4f}  accuracy {100 * result['acc']:.2f}%  ({result['images']} images)")
     if cfg.json:

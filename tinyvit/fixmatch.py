@@ -234,13 +234,10 @@ class FixMatch(Classification):
         loss = self.recipe.loss(logits_x, targets) + cfg.lambda_u * loss_u
         aux = self.model.auxiliary_loss() if cfg.fd_ratio else None  # FDViT's reconstruction, over every image
         if aux is not None:
-            meter.sums["aux_sum"] += aux.detach().double() * b
+            meter.add(aux_sum=aux.double() * b)
             loss = loss + cfg.fd_ratio * aux
-        meter.add(loss, b)
-        meter.sums["correct"] += (logits_x.argmax(1) == labels).sum()
-        meter.sums["unlabelled_sum"] += loss_u.detach().double() * b
-        meter.sums["mask_sum"] += mask.sum().double()
-        meter.sums["unlabelled_count"] += mask.numel()
+        meter.add(loss_sum=loss.double() * b, count=b, correct=(logits_x.argmax(1) == labels).sum(),
+                  unlabelled_sum=loss_u.double() * b, mask_sum=mask.sum().double(), unlabelled_count=mask.numel())
         return loss
 
     def after_step(self) -> None:

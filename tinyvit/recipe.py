@@ -100,8 +100,12 @@ def apply_bundle(cfg, given: set):
     return replace(cfg, **{k: v for k, v in bundle.items() if k not in given})
 
 
-@dataclass(frozen=True)
-class Recipe:
+@dataclass
+class Settings:
+    """The recipe's settings, declared here once: a run's Config (tinyvit/trainer.py) has them as its
+    own fields (flags of the same names, add_arguments above), and Recipe acts on them. All off by
+    default; --recipe scratch turns them on (SCRATCH)."""
+
     randaugment: bool = False
     trivialaugment: bool = False
     mixup: float = 0.0
@@ -109,9 +113,14 @@ class Recipe:
     label_smoothing: float = 0.0
     random_erasing: float = 0.0
 
+
+@dataclass
+class Recipe(Settings):
+    """A run's recipe: its Settings read from the Config, and what they do to images, batches and the loss."""
+
     @classmethod
     def from_config(cls, cfg) -> "Recipe":
-        recipe = cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+        recipe = cls(**{f.name: getattr(cfg, f.name) for f in fields(Settings)})
         if recipe.randaugment and recipe.trivialaugment:
             raise TinyvitError("--randaugment and --trivialaugment: choose one policy")
         if not cfg.augment and (recipe.augments_images or recipe.mixes):

@@ -173,10 +173,10 @@ class Classification:
             loss, logits = self.distiller.loss(logits, targets, inputs, indices)  # DeiT's; logits: the heads' mean
         aux = self.model.auxiliary_loss() if t.cfg.fd_ratio else None  # FDViT: the FD layers' MSE, if
         if aux is not None:  # any trained FD layer ran in this forward (a frozen prefix's did not)
-            meter.sums["aux_sum"] += aux.detach().double() * logits.shape[0]
+            meter.add(aux_sum=aux.double() * logits.shape[0])
             loss = loss + t.cfg.fd_ratio * aux
-        meter.add(loss, labels.numel())
-        meter.sums["correct"] += (logits.argmax(1) == labels).sum()
+        n = labels.numel()
+        meter.add(loss_sum=loss.double() * n, count=n, correct=(logits.argmax(1) == labels).sum())
         return loss
 
     # -- the epoch's end ----------------------------------------------------------------------
@@ -197,14 +197,14 @@ class Classification:
             "lr": t.lr * t.scheduler.lr_lambdas[0](t.step - 1),
             "train_seconds": train["train_seconds"], "val_seconds": val_seconds,
             "cache_seconds": self.cache_seconds, "train_images_per_s": train["count"] / max(train["train_seconds"], 1e-9),
-            "cached": t.features["train"] is not None, "train_images": train["count"], "val_images": int(tally.count.item()),
+            "cached": t.features["train"] is not None, "train_images": train["count"], "val_images": tally.count,
         }
         if self.distiller is not None:
-            row.update(self.distiller.epoch_metrics(t.dist.world))
+            row.update(self.distiller.epoch_metrics())
         if t.cfg.fd_ratio:  # FDViT's two terms: classification, and the unweighted reconstruction MSE
             recon = train["aux_sum"] / train["count"]
             row.update(train_cls_loss=row["train_loss"] - t.cfg.fd_ratio * recon, train_recon_loss=recon)
-        self.last_confusion = tally.confusion.cpu()
+        self.last_confusion = tally.confusion
         self.cache_seconds = 0.0
         return row
 
@@ -228,8 +228,7 @@ class Classification:
         # Processes hold unequal shares of the validation set, so only a single process may stop midway.
         should_stop = (lambda: stop.requested) if t.dist.world == 1 else (lambda: False)
         with t.bar(len(t.val_data), f"epoch {len(t.history) + 1}/{t.cfg.epochs} val") as bar:
-            tally = evaluate(forward, t.batches("val", lists), len(self.classes), t.device, t.dtype, bar, should_stop)
-        return tally.all_reduce() if tally is not None else None
+            return evaluate(forward, t.batches("val", lists), len(self.classes), t.device, t.dtype, bar, should_stop)
 
     # -- caches -------------------------------------------------------------------------------
 
@@ -365,7 +364,7 @@ class MaskedImageModeling:
 
     def loss(self, inputs, targets, labels, indices, meter) -> torch.Tensor:
         loss = self.t.train_net(inputs)[0]
-        meter.add(loss, inputs.shape[0])
+        meter.add(loss_sum=loss.double() * inputs.shape[0], count=inputs.shape[0])
         return loss
 
     def prepare(self, stop) -> bool:

@@ -39,6 +39,7 @@ from tinyvit.errors import TinyvitError
 from tinyvit.presets import PRESETS, parse_overrides
 from tinyvit.preprocess import Preprocess
 from tinyvit.processes import Dist, StopRequest, random_state, set_random_state
+from tinyvit.sums import Sums
 from tinyvit.schedule import epoch_batches, lr_factor, steps_per_epoch, warmup_steps
 
 
@@ -47,9 +48,10 @@ RESNET_MIN_SIZE = 32  # as ResNet.check_input: five stride-2 steps leave one pix
 
 
 @dataclass
-class Config:
-    """Every setting of one run, with its default. `python -m tinyvit.finetune` fills it from flags
-    of the same names; checkpoint.pt stores it, so --resume continues the run as configured."""
+class Config(recipe.Settings):
+    """Every setting of one run, with its default: the from-scratch recipe's (randaugment, mixup ...:
+    recipe.Settings, declared there), then the rest below. `python -m tinyvit.finetune` fills it from
+    flags of the same names; checkpoint.pt stores it, so --resume continues the run as configured."""
 
     model: str = "vit_base_patch16_224"
     weights: str = "official"  # "official", "none" (random init) or a checkpoint path
@@ -81,14 +83,7 @@ class Config:
     progress: bool = True
     data_seed: Optional[int] = None  # which images --limit-train picks (None: --seed); tinyvit.study nests sizes with it
     repeat_train: int = 1  # passes over the training images per epoch (small subsets: one validation per K passes)
-    # The from-scratch recipe (tinyvit/recipe.py); --recipe scratch fills in those not given.
-    recipe: str = "none"
-    randaugment: bool = False
-    trivialaugment: bool = False
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    label_smoothing: float = 0.0
-    random_erasing: float = 0.0
+    recipe: str = "none"  # a bundle of recipe.Settings (tinyvit/recipe.py); --recipe scratch fills in those not given
     teacher: Optional[str] = None  # distillation (tinyvit/distill.py): a checkpoint or run directory
     distill: Optional[str] = None  # "hard" (the default with --teacher) or "soft"
     distill_alpha: float = 0.5
@@ -238,29 +233,22 @@ def build_networks(split: freeze.Split, dist: Dist, device: torch.device, compil
     return torch.compile(train), torch.compile(split)
 
 
-class Meter:
-    """One epoch's training sums on the device (no host sync per step: the loss, the images, and the
-    task's own, e.g. correct predictions) and its seconds."""
+class Meter(Sums):
+    """One epoch's training sums (tinyvit/sums.py: the loss, the images, and the task's own, e.g.
+    correct predictions) and its seconds."""
 
     def __init__(self, device: torch.device, names: tuple = ()):
-        self.device, self.names = device, ("loss_sum", "count", *names)
+        super().__init__(device, ("loss_sum", "count", *names))
         self.load({})
 
-    def load(self, state: dict) -> None:
-        self.sums = {k: torch.tensor(float(state.get(k, 0.0)), dtype=torch.float64, device=self.device) for k in self.names}
-        self.seconds, self.since = state.get("train_seconds", 0.0), time.perf_counter()
+    def load(self, numbers: dict) -> None:
+        super().load(numbers)
+        self.seconds, self.since = numbers.get("train_seconds", 0.0), time.perf_counter()
 
-    def add(self, loss: torch.Tensor, n: int) -> None:
-        self.sums["loss_sum"] += loss.detach().double() * n
-        self.sums["count"] += n
-
-    def state(self, world: int) -> dict:
-        """The sums over all processes, as plain numbers."""
-        sums = torch.stack(list(self.sums.values()))
-        if world > 1:
-            torch.distributed.all_reduce(sums)
-        out = {k: v.item() for k, v in zip(self.names, sums)}
-        return {**out, "count": int(out["count"]), "train_seconds": self.seconds + time.perf_counter() - self.since}
+    def state(self) -> dict:
+        """The sums over all processes, as plain numbers, and the epoch's seconds so far."""
+        total = self.total()
+        return {**total, "count": int(total["count"]), "train_seconds": self.seconds + time.perf_counter() - self.since}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,7 +372,7 @@ class Trainer:
     def stop_or_nan(self, stop: StopRequest) -> bool:
         """A host sync: raise NonFiniteLoss if the epoch's loss went NaN/Inf anywhere (before anything
         is saved); True if a stop was requested anywhere (all processes leave at the same step)."""
-        nan = not torch.isfinite(self.meter.sums["loss_sum"]).item()
+        nan = not torch.isfinite(self.meter["loss_sum"]).item()
         flags = torch.tensor([float(stop.requested), float(nan)], device=self.device)
         if self.dist.world > 1:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
@@ -405,7 +393,7 @@ class Trainer:
     def end_epoch(self, stop: StopRequest) -> bool:
         """The epoch that just ended: the task's row (a validation), the checkpoint, the log; False if
         stopped on the way."""
-        row = self.task.end_epoch(self.meter.state(self.dist.world), stop)
+        row = self.task.end_epoch(self.meter.state(), stop)
         if row is None or self.stop_or_nan(stop):
             return False
         self.history.append(row)
@@ -488,7 +476,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        meters = self.meter.state(self.dist.world)  # on every process: the sums are all-reduced
+        meters = self.meter.state()  # on every process: the sums are all-reduced
         if self.dist.main:
             state = self.checkpoint_state(meters)
             self.run.write("checkpoint.pt", lambda f: torch.save(state, f))
