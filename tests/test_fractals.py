@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from tinyvit import data, finetune, fractals, study
 
@@ -121,3 +122,30 @@ def test_fractals_in_finetune_then_study_fine_tunes_from_it(tmp_path):
     assert float(row["pretrain_val_acc"]) == round(summary["final"]["val_acc"], 6) and int(row["pretrain_steps"]) == 4
     seconds = sum(json.loads(line)["seconds"] for line in (pre / "metrics.jsonl").read_text().splitlines())
     assert float(row["pretrain_seconds"]) == round(seconds, 1)
+
+
+def test_mae_on_fractals_then_the_last_block_on_the_digits_keeps_the_encoder(tmp_path):
+    """`make transfer-mae` in small: MAE on the fractals (no labels), then `--unfreeze last` on the
+    digits from that encoder, through the study (its pretraining steps in the table); the frozen blocks
+    end as the encoder left them."""
+    from safetensors.torch import load_file
+
+    from tinyvit import pretrain
+
+    pre = tmp_path / "mae"
+    assert pretrain.main(["--method", "mae", *TINY_VIT, "--dataset", TINY, "--data-dir", str(tmp_path / "data"),
+                          "--epochs", "2", "--batch-size", "8", "--decoder-dim", "16", "--decoder-depth", "1",
+                          "--decoder-heads", "2", "--num-workers", "0", "--no-progress", "--out", str(pre)]) == 0
+    vit = "vit=" + " ".join(TINY_VIT[1:] + ["--override", "fc_norm=True"])
+    assert study.main(["--out", str(tmp_path / "s"), "--models", f"{vit} --weights {pre} --unfreeze last",
+                       "--train-sizes", "20", "--", "--dataset", "digits", "--batch-size", "16", "--num-workers", "0",
+                       "--epochs", "1", "--lr", "1e-3", "--recipe", "none", "--no-augment", "--limit-val", "32"]) == 0
+    row = list(csv.DictReader((tmp_path / "s" / "results.csv").open()))[0]
+    summary = json.loads((pre / "summary.json").read_text())
+    assert summary["method"] == "mae" and int(row["pretrain_steps"]) == summary["steps"] == 2 * summary["train_images"] // 8
+    encoder = load_file(pre / "model.safetensors")
+    tuned = load_file(tmp_path / "s" / row["run"] / "model.safetensors")
+    frozen = [k for k in encoder if k.startswith(("blocks.0.", "patch_embed.", "pos_embed"))]
+    assert frozen and all(torch.equal(encoder[k], tuned[k]) for k in frozen)
+    last = [k for k in encoder if k.startswith("blocks.1.") and k.endswith("weight")]
+    assert any(not torch.equal(encoder[k], tuned[k]) for k in last)  # the last block trained
