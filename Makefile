@@ -187,7 +187,7 @@ transfer: $(VENV)/.installed
 
 # MAE on the fractals for the ViT (studies/digits-transfer/mae, issue 32's optional arm): no labels,
 # so no category count to learn. The levers' MAE recipe (LEVERS_MAE) for 20 epochs of the 8,000
-# training fractals at 16 px (2,500 steps of 64, as many as the levers' MAE on the digits), then on
+# training fractals at 16 px (2,500 steps of 64; the levers' MAE makes 2,200 on the digits), then on
 # the digits at 67 and 1,347 images, seeds 0, 1, 2: the last block on the frozen encoder's cached
 # features (as in `transfer`), and all layers as MAE fine-tunes (fc_norm, layer decay 0.75); against
 # it, the last block of the levers' MAE encoder pretrained on the digits' own training images. 17 min
