@@ -188,11 +188,11 @@ transfer: $(VENV)/.installed
 # MAE on the fractals for the ViT (studies/digits-transfer/mae, issue 32's optional arm): no labels,
 # so no category count to learn. The levers' MAE recipe (LEVERS_MAE) for 20 epochs of the 8,000
 # training fractals at 16 px (2,500 steps of 64; the levers' MAE makes 2,200 on the digits), then on
-# the digits at 67 and 1,347 images, seeds 0, 1, 2: the last block on the frozen encoder's cached
+# the digits at the demo's 4 sizes, seeds 0, 1, 2: the last block on the frozen encoder's cached
 # features (as in `transfer`), and all layers as MAE fine-tunes (fc_norm, layer decay 0.75); against
-# it, the last block of the levers' MAE encoder pretrained on the digits' own training images. 17 min
-# measured on a 2-core AMD EPYC (2026-12-06: 2 min 42 s pretraining with the fractals drawn, 14 min 16 s
-# the study with its 3 digit encoders). A smoke run: make transfer-mae OUT=/tmp/smoke TRANSFER_MAE_EPOCHS=1
+# it, the last block of the levers' MAE encoder pretrained on the digits' own training images. 23 min
+# measured on a 2-core AMD EPYC (2026-12-06, in two invocations: 2 min 42 s pretraining with the fractals
+# drawn, 20 min 29 s the study with its 3 digit encoders). A smoke run: make transfer-mae OUT=/tmp/smoke TRANSFER_MAE_EPOCHS=1
 # LEVERS_MAE_EPOCHS=1 TRANSFER_SEEDS=0 TRANSFER_EXTRA='--steps 3'.
 TRANSFER_MAE := $(OUT)/transfer-mae
 TRANSFER_MAE_EPOCHS ?= 20
@@ -203,7 +203,7 @@ transfer-mae: $(VENV)/.installed
 		--models 'vit_fmae_last=$(LEVERS_VIT) --override fc_norm=True --weights $(TRANSFER_MAE)/mae-fractals --unfreeze last $(CACHED) --lr 1e-3' \
 		'vit_fmae_all=$(LEVERS_VIT) $(MAE_FINETUNE) --weights $(TRANSFER_MAE)/mae-fractals' \
 		'vit_dmae_last=$(LEVERS_VIT) --override fc_norm=True --unfreeze last $(CACHED) --lr 1e-3' \
-		--pretrain 'vit_dmae_last=$(LEVERS_MAE)' --train-sizes 0.05 1.0 --seeds $(TRANSFER_SEEDS) $(TRANSFER_EXTRA) \
+		--pretrain 'vit_dmae_last=$(LEVERS_MAE)' --train-sizes $(TRANSFER_SIZES) --seeds $(TRANSFER_SEEDS) $(TRANSFER_EXTRA) \
 		--title "digits: MAE on fractals, then the last block or all layers" -- $(DIGITS)
 
 test: $(VENV)/.installed
