@@ -310,15 +310,16 @@ class Trainer:
         """Train up to the last step of cfg.epochs; False when a signal stopped it (checkpoint.pt then
         holds the step reached)."""
         self.log_setup()
+        self.seed_steps()
         spe, last = self.steps_per_epoch, self.cfg.epochs * self.steps_per_epoch
         if not self.task.prepare(stop):  # caches
-            return self.stopped()
+            return self.save_and_stop()
         batches = self.train_batches(self.step // spe + 1, self.step % spe)  # a generator: it starts at next()
         try:
             while True:
                 epoch, b = divmod(self.step, spe)
                 if b == 0 and len(self.history) < epoch and not self.end_epoch(stop):  # evaluate, checkpoint, log
-                    return self.stopped()
+                    return self.save_and_stop()
                 if self.step == last:
                     return True
                 if b == 0:
@@ -326,7 +327,7 @@ class Trainer:
                 self.train_step(*next(batches))
                 self.step += 1
                 if self.sync_due(stop) and self.stop_or_nan(stop):
-                    return self.stopped()
+                    return self.save_and_stop()
         finally:  # its DataLoader workers end with the loop, not when a failed run's traceback is collected
             batches.close()
 
@@ -383,11 +384,9 @@ class Trainer:
                 e, b = self.position(self.saved_step)
                 kept = f"checkpoint.pt holds the last good state (epoch {e}" + (f" and {b} batches of epoch {e + 1})" if b else ")")
             epoch, b = divmod(self.step - 1, self.steps_per_epoch)
-            raise NonFiniteLoss(
-                f"the training loss became NaN/Inf in epoch {epoch + 1} (batch {b + 1} or up to {SYNC_EVERY} before); "
-                f"stopped without saving: {kept}. Try a lower --lr (now {self.lr:g})"
-                + (" or --amp bf16 / off (fp16 overflows more easily)" if self.dtype == torch.float16 else "")
-            )
+            raise NonFiniteLoss(f"the training loss became NaN/Inf in epoch {epoch + 1} (batch {b + 1} or up to {SYNC_EVERY} before); "
+                                f"stopped without saving: {kept}. Try a lower --lr (now {self.lr:g})"
+                                + (" or --amp bf16 / off (fp16 overflows more easily)" if self.dtype == torch.float16 else ""))
         return bool(flags[0])
 
     def end_epoch(self, stop: StopRequest) -> bool:
@@ -403,7 +402,7 @@ class Trainer:
         self.log(self.task.epoch_line(row))
         return True
 
-    def stopped(self) -> bool:
+    def save_and_stop(self) -> bool:
         self.save_checkpoint()
         return False
 
@@ -440,12 +439,15 @@ class Trainer:
         if not self.dist.main:
             print(f"[rank {self.dist.rank}/{self.dist.world}] {self.device}: {self.batch} images per step, "
                   f"{self.steps_per_epoch} steps per epoch", flush=True)
-        if self.rng_state is not None:
-            set_random_state(self.rng_state)
-        elif self.dist.world > 1:
-            torch.manual_seed(cfg.seed + self.dist.rank)  # different dropout masks on each process
 
     # -- state --------------------------------------------------------------------------------
+
+    def seed_steps(self) -> None:
+        """The RNG the steps draw on (dropout, drop path), as training starts: a resume's, else one per process."""
+        if isinstance(self.rng_state, dict):
+            set_random_state(self.rng_state)
+        elif self.rng_state is not None or self.dist.world > 1:
+            torch.manual_seed(self.cfg.seed + self.dist.rank if self.rng_state is None else self.rng_state)
 
     def position(self, step: Optional[int] = None) -> tuple[int, int]:
         """(epochs finished and logged, batches done of the next) at `step` (default: now); the batches
@@ -509,7 +511,5 @@ class Trainer:
         self.step, self.saved_step, self.history = step, step, list(state["history"])
         if self.dist.main:  # the saved sums are over all processes: restored on one, summed by Meter.state
             self.meter.load(state["meters"])
-        if self.dist.main or self.dist.world == 1:
-            self.rng_state = state["rng"]
-        else:  # only rank 0's RNG was saved; the others continue from a derived seed
-            torch.manual_seed(hash((self.cfg.seed, self.dist.rank, step)) % 2**63)
+        # Only rank 0's RNG was saved; the others continue from a seed derived from the step.
+        self.rng_state = state["rng"] if self.dist.main else hash((self.cfg.seed, self.dist.rank, step)) % 2**63
