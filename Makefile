@@ -98,6 +98,7 @@ LEVERS_SIZES ?= 0.05 0.15 0.4 1.0
 LEVERS_SEEDS ?= 0 1 2
 LEVERS_MAE_EPOCHS ?= 100
 LEVERS_EXTRA ?=
+LEVERS_JOBS ?= 1
 LEVERS_MAE := --epochs $(LEVERS_MAE_EPOCHS) --blr 1.5e-3 --batch-size 64 --decoder-dim 64 --decoder-depth 2 --decoder-heads 4 --num-workers 0
 levers: $(VENV)/.installed
 	$(PY) -m tinyvit.study --out $(OUT)/levers --models 'vit=$(LEVERS_VIT)' \
@@ -110,7 +111,7 @@ levers: $(VENV)/.installed
 		'resnet18=resnet18 --image-size 32 --epochs 8' \
 		--pretrain 'vit_mae=$(LEVERS_MAE)' 'vit_mae_lsa=$(LEVERS_MAE)' \
 		--teacher vit_distilled=resnet18 vit_conv_stem_distilled=resnet18 --reference knn logreg \
-		--train-sizes $(LEVERS_SIZES) --seeds $(LEVERS_SEEDS) $(LEVERS_EXTRA) --title "digits: levers for a small-data ViT" -- $(DIGITS)
+		--train-sizes $(LEVERS_SIZES) --seeds $(LEVERS_SEEDS) --jobs $(LEVERS_JOBS) $(LEVERS_EXTRA) --title "digits: levers for a small-data ViT" -- $(DIGITS)
 
 # The semi-supervised lever (studies/digits-semi, issue 34): FixMatch (tinyvit/fixmatch.py) for the
 # demo's ViT, the levers' MAE-pretrained ViT and ResNet-18, each against the same model trained on the

@@ -135,6 +135,36 @@ def test_an_interrupted_run_is_resumed_and_jobs_run_in_processes(tmp_path, capsy
     assert sorted(r["seed"] for r in rows) == ["0", "1"] and all(r["epochs"] == "2" for r in rows)
 
 
+def test_with_jobs_a_student_starts_only_after_its_teachers_run_finished(tmp_path, monkeypatch):
+    """--jobs 2 over two seeds of a teacher and its student: seed 1's teacher finishes first, and the
+    next run to start is seed 1's student, not seed 0's (whose teacher is still training)."""
+    vit, resnet = study.parse_model(TINY_VIT), study.parse_model("resnet=resnet18 --image-size 8")
+    runs = study.plan([vit, resnet], [32], {}, [0, 1], 1347, 16, None, 1, True, 0, tmp_path, [])
+    study.link_levers(runs, {}, {"vit": "resnet"})
+    started, polls = [], {"resnet-n32-seed0": 6, "resnet-n32-seed1": 1}  # polls until the run ends
+
+    class Process:
+        def __init__(self, run):
+            self.run, self.returncode = run, None
+            started.append((run.name(), [r.name() for r in runs if study.run_state(r) is study.RunState.DONE]))
+
+        def poll(self):
+            polls[self.run.name()] = polls.get(self.run.name(), 1) - 1
+            if polls[self.run.name()] <= 0:
+                self.run.out.mkdir(parents=True)
+                (self.run.out / "summary.json").write_text("{}")
+                self.returncode = 0
+            return self.returncode
+
+    monkeypatch.setattr(study, "start_process", lambda run, threads: Process(run))
+    monkeypatch.setattr(study, "read_summary", lambda run: {"final": {"val_acc": 0.5}, "best": {"val_acc": 0.5}})
+    assert study.execute(runs, 2, lambda msg: None) == 0
+    order = [name for name, _ in started]
+    assert order == ["resnet-n32-seed0", "resnet-n32-seed1", "vit-n32-seed1", "vit-n32-seed0"]
+    for name, done in started:  # what had finished when each run started
+        assert not name.startswith("vit") or name.replace("vit", "resnet") in done
+
+
 def test_a_rerun_never_reports_old_runs_under_a_new_command_or_edited_results(tmp_path, capsys):
     out = tmp_path / "study"
     args = ["--out", str(out), "--models", TINY_VIT, "--train-sizes", "20", "--same-epochs", *COMMON]

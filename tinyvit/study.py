@@ -59,7 +59,8 @@ after they are checked against the run's manifest. The study's own flags (--seed
 Each run's output (its finetune command line, epoch table, errors) goes to --out/logs/<run>.log.
 At the end: results.csv (one row per run), results.md (mean ± std over seeds) and scaling.png (accuracy
 against training-set size, one line per model, log x) or sweep.png (grouped bars). Runs are
-sequential in this process by default; `--jobs N` runs N finetune processes at once.
+sequential in this process by default; `--jobs N` runs N processes at once, each on cpu_count / N
+threads (a run starts once the runs it reads, its pretraining and its teacher, have finished).
 """
 from __future__ import annotations
 
@@ -188,6 +189,7 @@ class Run:
     steps: int = 0
     argv: list = field(default_factory=list)
     pretrain: Optional["Run"] = None  # the run it starts from: its --pretrain run, or the finished run its --weights names
+    teacher: Optional["Run"] = None  # the run it distils from (--teacher)
     entry: str = "finetune"  # the command that makes it: tinyvit.finetune, or tinyvit.pretrain
 
     @property
@@ -419,6 +421,11 @@ def last_line(run: Run) -> str:
         return ""
 
 
+def ready(run: Run) -> bool:
+    """The runs it reads are finished: the one it starts from and its teacher."""
+    return all(dep is None or run_state(dep) is RunState.DONE for dep in (run.pretrain, run.teacher))
+
+
 def execute(runs: list[Run], jobs: int, log) -> int:
     """Run what is not done; 0 when all finished, else the first failing exit code."""
     if not runs:
@@ -455,9 +462,14 @@ def execute(runs: list[Run], jobs: int, log) -> int:
         pending, active, first_error = list(todo), {}, 0
         try:
             while pending or active:
-                while pending and len(active) < jobs and not first_error:
-                    run = pending.pop(0)
+                while len(active) < jobs and not first_error:
+                    run = next((r for r in pending if ready(r)), None)  # a student waits for its teacher
+                    if run is None:
+                        break
+                    pending.remove(run)
                     active[run.name()] = (run, start_process(run, threads), time.perf_counter())
+                if pending and not active and not first_error:
+                    raise RuntimeError(f"{pending[0].name()} waits for a run that is neither finished nor planned")
                 time.sleep(0.2)
                 for key, (run, proc, start) in list(active.items()):
                     if proc.poll() is not None:
@@ -781,6 +793,7 @@ def link_levers(runs: list[Run], pretraining: dict, teachers: dict, checked: Opt
             twin = next(r for r in runs if r.model.label == teachers[run.model.label] and r.size == run.size
                         and r.seed == run.seed and r.overrides == run.overrides)
             run.argv += ["--teacher", str(twin.out)]
+            run.teacher = twin
     runs.sort(key=lambda r: r.model.label not in set(teachers.values()))  # a stable sort
 
 
@@ -821,7 +834,7 @@ def study(args, passthrough: list, log) -> int:
         f"{math.prod(len(v) for v in setup.grid.values())} config(s) x {len(args.seeds)} seed(s) = {len(runs)} runs "
         f"on {setup.cfg.dataset} ({setup.full:,} training images){budgets}")
     try:
-        code = execute(list(pretraining.values()), 1, log) or execute(runs, args.jobs, log)
+        code = execute(list(pretraining.values()), args.jobs, log) or execute(runs, args.jobs, log)
     except KeyboardInterrupt:  # between two runs (inside one, finetune saves a checkpoint and returns 130)
         log("interrupted: finished runs are kept; run the same command again to continue the study")
         code = 130
