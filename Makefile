@@ -90,15 +90,18 @@ sweep: $(VENV)/.installed
 # one lever that combines with it: MAE refuses the conv stem, whose receptive fields would leak the
 # hidden patches); MAE + LSA (the two levers that helped and combine); ResNet-18. The plot adds 1-NN and logistic regression on raw pixels. Budgets: the
 # demo's (605 steps of 128 images per ViT run, 88 per ResNet run; the pilot's curves still rose after
-# 300 steps), 100 MAE epochs (2,200 steps of 64) per seed. 78 minutes measured on a 2-core CPU
-# (2026-12-02; studies/digits-levers); LEVERS_SEEDS=0 takes about a third. A smoke run of the same arms:
+# 300 steps), 100 MAE epochs (2,200 steps of 64) per seed. Two runs at a time (LEVERS_JOBS), each a
+# process on half the cores: these small models keep one thread busy better than two
+# (bench.study_jobs). 72 minutes measured on a 2-core AMD EPYC (2026-12-06), against 105 there with
+# LEVERS_JOBS=1 (in one process on both cores, as the committed table was made: 78 minutes on the
+# Intel machine; studies/digits-levers); LEVERS_SEEDS=0 takes about a third. A smoke run of the same arms:
 # make levers OUT=/tmp/smoke LEVERS_SIZES='0.05 0.15' LEVERS_SEEDS=0 LEVERS_MAE_EPOCHS=1 LEVERS_EXTRA='--steps 3'.
 LEVERS_VIT := vit_tiny_patch16_224 --image-size 16 --override patch_size=4,dim=64,depth=6,num_heads=4,mlp_dim=256,pool=mean --epochs 55
 LEVERS_SIZES ?= 0.05 0.15 0.4 1.0
 LEVERS_SEEDS ?= 0 1 2
 LEVERS_MAE_EPOCHS ?= 100
 LEVERS_EXTRA ?=
-LEVERS_JOBS ?= 1
+LEVERS_JOBS ?= 2
 LEVERS_MAE := --epochs $(LEVERS_MAE_EPOCHS) --blr 1.5e-3 --batch-size 64 --decoder-dim 64 --decoder-depth 2 --decoder-heads 4 --num-workers 0
 levers: $(VENV)/.installed
 	$(PY) -m tinyvit.study --out $(OUT)/levers --models 'vit=$(LEVERS_VIT)' \

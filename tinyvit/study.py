@@ -703,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=0, help="the permutation the nested subsets are cut from (default: 0)")
     p.add_argument("--steps", type=int, help="optimizer steps per run (default: --epochs x the full split's steps per epoch)")
     p.add_argument("--same-epochs", action="store_true", help="every run gets --epochs as given (no step budget)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes (default: 1, in this process)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes of cpu_count / N threads (default: 1, in this process)")
     p.add_argument("--title", help="the plot's title")
     p.add_argument("--pretrain", action="extend", nargs="+", default=[], metavar="LABEL=FLAGS",
                    help="pretrain model LABEL with tinyvit.pretrain FLAGS (one run per seed) and fine-tune from it")
