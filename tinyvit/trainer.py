@@ -300,7 +300,7 @@ class Trainer:
         self.step, self.history, self.meter = 0, [], Meter(device, self.task.sums)  # where the run stands
         self.saved_step: Optional[int] = None  # the step checkpoint.pt holds, if there is one
         self.run: Optional[rundir.RunDir] = None  # rank 0: every file goes through it (finetune.run sets it)
-        self.rng_state = None
+        self.rng_state = cfg.seed + dist.rank if dist.world > 1 else None  # seed_steps: a seed, a resume's state, or as is
         if resume_state is not None:
             self.load_state(resume_state)
 
@@ -446,8 +446,8 @@ class Trainer:
         """The RNG the steps draw on (dropout, drop path), as training starts: a resume's, else one per process."""
         if isinstance(self.rng_state, dict):
             set_random_state(self.rng_state)
-        elif self.rng_state is not None or self.dist.world > 1:
-            torch.manual_seed(self.cfg.seed + self.dist.rank if self.rng_state is None else self.rng_state)
+        elif self.rng_state is not None:
+            torch.manual_seed(self.rng_state)
 
     def position(self, step: Optional[int] = None) -> tuple[int, int]:
         """(epochs finished and logged, batches done of the next) at `step` (default: now); the batches
