@@ -10,14 +10,24 @@ the other reading, that the later arms are dearer models: one optimizer step of 
 Trainer (the digits, batch 128, the scratch recipe's batched augmentation), for each arm's flags,
 in one process. Rounds alternate the arms (the order rotating), the first rounds are warm-up, and
 each kept round gives one ratio t(arm) / t(plain ViT); the median of those ratios, with quartiles and
-range, is the result (bench/cpu.py's method). The distilled arms are left out: their extra cost is the
-teacher's forward pass on every batch. Written to bench/results/cpu/levers-arms.json.
+range, is the result (bench/cpu.py's method). `vit_distilled` is the plain ViT distilled from a
+ResNet-18 at 32 px (the study's teacher, with random weights: its cost is the same), which runs on
+every augmented batch.
+
+One more side, `vit_explicit`, is the plain ViT with its attention computed explicitly,
+softmax(q kᵀ · scale) v as LSA computes it (without LSA's mask and learned scale), in place of
+F.scaled_dot_product_attention: what the plain arms would save on this CPU with the explicit path.
+
+Written to bench/results/cpu/levers-arms.json, or levers-arms-threads1.json with --threads 1 (each
+run of `make levers` is a one-thread process).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -43,6 +53,24 @@ def argv_of(arm: str) -> list:
     return [*VIT, "--override", override, *[a for a in extra if not a.startswith(",")]]
 
 
+def explicit_attention(trainer) -> None:
+    """The plain ViT's attention modules of `trainer` made to attend explicitly (the side vit_explicit)."""
+    from tinyvit.vit import Attention, LocalitySelfAttention
+
+    for m in trainer.train_net.modules():
+        if isinstance(m, Attention) and not isinstance(m, LocalitySelfAttention):
+            m.attend = lambda q, k, v, attn_mask=None, is_causal=False, m=m: m.probabilities(q, k) @ v
+
+
+def random_teacher(directory) -> str:
+    """A ResNet-18 for the digits at 32 px, as the study's resnet18 runs save it, with random weights."""
+    from tinyvit import save_pretrained
+    from tinyvit.presets import preset_model
+
+    save_pretrained(preset_model("resnet18", num_classes=10, image_size=32), directory)
+    return str(directory)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench.levers_arms", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,13 +84,21 @@ def main(argv=None) -> dict:
     from tinyvit import finetune
 
     sides = {arm: loop_step(loop_trainer(finetune.parse_args(argv_of(arm))[0]), args.steps) for arm in ARMS}
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = ["--teacher", random_teacher(Path(tmp) / "resnet18")]
+        sides["vit_distilled"] = loop_step(loop_trainer(finetune.parse_args(argv_of("vit") + teacher)[0]), args.steps)
+    explicit = loop_trainer(finetune.parse_args(argv_of("vit"))[0])
+    explicit_attention(explicit)
+    sides["vit_explicit"] = loop_step(explicit, args.steps)
     measured = rounds(sides, "vit", args.pairs, args.warmup)
     cost = {arm: dict(ms=s["ms"], cost=1 / s["speedup"], cost_q1=1 / s["speedup_q3"], cost_q3=1 / s["speedup_q1"],
                       cost_min=1 / s["speedup_max"], cost_max=1 / s["speedup_min"]) for arm, s in measured.items()}
-    result = {"case": "levers-arm-step", "argv": {arm: argv_of(arm) for arm in ARMS}, "steps_per_side": args.steps,
+    result = {"case": "levers-arm-step", "argv": {arm: argv_of(arm) for arm in ARMS},
+              "vit_distilled": "argv of vit, --teacher a random ResNet-18 at 32 px (random_teacher)",
+              "vit_explicit": "argv of vit, attention computed explicitly (explicit_attention)", "steps_per_side": args.steps,
               "pairs": args.pairs, "warmup": args.warmup, "arms": cost, "environment": environment(args.threads),
               "load_before": load_before, "load_after": os.getloadavg()[0]}
-    path = RESULTS.parent / "levers-arms.json"
+    path = RESULTS.parent / ("levers-arms.json" if args.threads == 2 else f"levers-arms-threads{args.threads}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"one training step (batch 128) of each levers arm, {args.steps} steps per arm and round, {args.pairs} rounds; "
